@@ -1,0 +1,287 @@
+"""Checkpoints: load official VideoMAE / VideoMAE V2, Hugging Face `transformers` and TubeMAE files into either
+model; save TubeMAE files; export the official layout.
+
+Layouts read (detected from the keys; `module.`, `_orig_mod.` and `backbone.` prefixes are stripped):
+- official pre-training, a dict under `model`: encoder.patch_embed.proj, encoder.blocks.N.{norm1, attn.qkv,
+  attn.q_bias, attn.v_bias, attn.proj, norm2, mlp.fc1, mlp.fc2}, encoder.norm, encoder_to_decoder, mask_token,
+  decoder.blocks.N..., decoder.norm, decoder.head. TubeMAE's `VideoMAEPretrain` uses exactly these names.
+- official fine-tuned, under `module` (or `model`): patch_embed, blocks.N..., fc_norm, head (`VideoMAEClassifier`).
+- Hugging Face (VideoMAEForPreTraining / ForVideoClassification / VideoMAEModel, a state dict, a .safetensors
+  file or a `save_pretrained` folder): per-projection query/key/value are joined into qkv.
+- TubeMAE: {"model": official-layout state dict, "tubemae": {"version": 1, "kind": "pretrain" | "classifier",
+  "config": ModelConfig fields, "num_classes": int | None}} plus what the trainer adds (optimizer, step, ...).
+  The official code loads these files as they are.
+
+Any layout loads into either model: a classifier takes the encoder of a pre-training checkpoint (the decoder and
+the pre-training `encoder.norm` are skipped, fc_norm and head stay new), a pre-training model takes the encoder of
+a fine-tuned one. Keys the model lacks, and checkpoint keys with no place in it, are reported by name; a shape
+mismatch is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pickle
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .classifier import VideoMAEClassifier
+from .config import ModelConfig
+from .videomae import VideoMAEPretrain
+
+FORMAT_VERSION = 1
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.")
+# Hugging Face names inside one transformer layer -> official names inside one block
+_HF_BLOCK = {
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+}
+
+
+@dataclass
+class LoadReport:
+    source: str
+    layout: str  # "tubemae" | "official" | "huggingface"
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint did not fill (left as initialised)
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys with no place in the model
+    skipped: list[str] = field(default_factory=list)  # checkpoint keys this kind of model does not use, or excluded
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.source} ({self.layout} layout): loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            lines.append(f"  missing (left as initialised): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (ignored): {', '.join(self.unexpected)}")
+        if self.skipped:
+            groups = Counter(_group(key) for key in self.skipped)
+            lines.append("  skipped: " + ", ".join(f"{g} ({n})" for g, n in sorted(groups.items())))
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _group(key: str) -> str:
+    parts = key.split(".")
+    return ".".join(parts[:2]) + ".*" if len(parts) > 2 else key
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under torch.compile / DistributedDataParallel wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def read_checkpoint(source: str | os.PathLike | dict, trust_pickle: bool = False) -> dict:
+    """The object in a checkpoint file (a dict), a .safetensors file or a Hugging Face `save_pretrained` folder.
+
+    Files are unpickled with `weights_only=True` (argparse.Namespace allowed, as official files store `args`);
+    `trust_pickle=True` lifts that for files you trust.
+    """
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        found = [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this folder")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise ImportError(f"{path}: reading .safetensors needs the `safetensors` package "
+                              f"(pip install safetensors)") from e
+        return load_file(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            raise ValueError(f"{path}: the file holds Python objects beyond tensors ({e}); if you trust it, "
+                             f"load it with trust_pickle=True") from e
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def state_dict_of(obj: dict) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict in the official layout, with `encoder.` on every encoder key, layout name) of a checkpoint."""
+    layout = "tubemae" if "tubemae" in obj else "official"
+    for key in ("model", "module", "state_dict"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError("no state dict found: expected tensors at the top level or under 'model' / 'module'")
+    sd = {}
+    for key, value in obj.items():
+        for prefix in _STRIP_PREFIXES:
+            key = key.removeprefix(prefix)
+        sd[key] = value
+    if any(".attention.attention." in k or k.startswith(("videomae.", "embeddings.patch_embeddings")) for k in sd):
+        return huggingface_to_official(sd), "huggingface"
+    if any(k.startswith(("patch_embed.", "blocks.")) for k in sd):  # fine-tuned layout: the encoder at top level
+        sd = {("encoder." + k if k.startswith(("patch_embed.", "blocks.", "norm.")) else k): v
+              for k, v in sd.items()}
+    return sd, layout
+
+
+def huggingface_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face VideoMAE names -> official names (query/key/value joined into qkv, key bias dropped: zero)."""
+    out: dict[str, torch.Tensor] = {}
+    attention: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        k = key.removeprefix("videomae.")
+        layer = re.fullmatch(r"(encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)", k)
+        if layer:
+            block = f"{'encoder' if layer[1] == 'encoder.layer' else 'decoder'}.blocks.{layer[2]}"
+            rest = layer[3]
+            if rest.startswith("attention.attention."):
+                attention.setdefault(block, {})[rest.removeprefix("attention.attention.")] = value
+                continue
+            for hf, official in _HF_BLOCK.items():
+                if rest.startswith(hf + "."):
+                    out[f"{block}.{official}{rest[len(hf):]}"] = value
+                    break
+            else:
+                out[key] = value  # unknown: reported as unexpected
+        elif k.startswith("embeddings.patch_embeddings.projection."):
+            out["encoder.patch_embed.proj." + k.rsplit(".", 1)[1]] = value
+        elif k.startswith("layernorm."):
+            out["encoder.norm." + k.rsplit(".", 1)[1]] = value
+        elif k.startswith("classifier."):
+            out["head." + k.rsplit(".", 1)[1]] = value
+        else:
+            out[k] = value  # encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm
+    weights = ("query.weight", "key.weight", "value.weight")
+    biases = {"query.bias": "q_bias", "q_bias": "q_bias", "value.bias": "v_bias", "v_bias": "v_bias"}
+    for block, parts in attention.items():
+        absent = [n for n in weights if n not in parts]
+        if absent:
+            raise ValueError(f"Hugging Face checkpoint: {block} lacks attention.attention.{absent[0]}")
+        out[f"{block}.attn.qkv.weight"] = torch.cat([parts[n] for n in weights])
+        for name, value in parts.items():  # files on the Hub store q_bias / v_bias, transformers 5 query.bias
+            if name in biases:
+                out[f"{block}.attn.{biases[name]}"] = value
+            elif name not in weights:
+                out[f"{block}.attention.attention.{name}"] = value  # reported as unexpected
+    return out
+
+
+def _for_model(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename official-layout keys for `model`; returns (renamed, keys this kind of model does not use)."""
+    if isinstance(model, VideoMAEClassifier):
+        renamed, unused = {}, []
+        for key, value in sd.items():
+            if key.startswith(("encoder.patch_embed.", "encoder.blocks.")):
+                renamed[key.removeprefix("encoder.")] = value
+            elif key.startswith(("encoder.norm.", "decoder.", "encoder_to_decoder.")) or key == "mask_token":
+                unused.append(key)  # pre-training parts; mean pooling has no final norm
+            else:
+                renamed[key] = value
+        return renamed, unused
+    unused = [key for key in sd if key.startswith(("fc_norm.", "head."))]
+    return {k: v for k, v in sd.items() if k not in unused}, unused
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, exclude: Iterable[str] = (),
+                 strict: bool = False, trust_pickle: bool = False) -> LoadReport:
+    """Load a checkpoint of any supported layout into a VideoMAEPretrain or VideoMAEClassifier.
+
+    exclude: key prefixes (model names) not to load, e.g. ("head.",) to start a new head from a fine-tuned
+    checkpoint with other classes. strict: raise if anything is missing or unexpected.
+    """
+    target = unwrap(model)
+    name = str(source) if not isinstance(source, dict) else "<state dict>"
+    obj = read_checkpoint(source, trust_pickle)
+    sd, layout = state_dict_of(obj)
+    sd, skipped = _for_model(sd, target)
+    own = target.state_dict()
+    exclude = tuple(exclude)
+    report = LoadReport(name, layout)
+    report.skipped = skipped + [k for k in sd if exclude and k.startswith(exclude)]
+    report.unexpected = [k for k in sd if k not in own and k not in report.skipped]
+    chosen = {k: v for k, v in sd.items() if k in own and k not in report.skipped}
+    for key, value in chosen.items():
+        if value.shape != own[key].shape:
+            hint = " (pass exclude=('head.',) to start a new head)" if key.startswith("head.") else ""
+            raise ValueError(f"{name}: '{key}' has shape {tuple(value.shape)} in the checkpoint but "
+                             f"{tuple(own[key].shape)} in the model (size '{target.cfg.size}'){hint}")
+    report.missing = [k for k in own if k not in chosen]
+    report.loaded = list(chosen)
+    target.load_state_dict(chosen, strict=False)
+    header = obj.get("tubemae") if isinstance(obj, dict) else None
+    if isinstance(header, dict) and isinstance(target, VideoMAEClassifier):
+        grid = ModelConfig(**header["config"]).grid
+        if grid != target.cfg.grid and tuple(target.cfg.pos_embed_grid or target.cfg.grid) != grid:
+            report.notes.append(f"the checkpoint was trained on token grid {grid}, this model lays a new position "
+                                f"table over {target.cfg.grid}; set model.pos_embed_grid={list(grid)} to resample "
+                                f"the trained one instead")
+    if strict and (report.missing or report.unexpected):
+        raise ValueError(f"strict load failed:\n{report}")
+    return report
+
+
+def _kind(model: nn.Module) -> str:
+    if isinstance(model, VideoMAEPretrain):
+        return "pretrain"
+    if isinstance(model, VideoMAEClassifier):
+        return "classifier"
+    raise TypeError(f"expected a VideoMAEPretrain or VideoMAEClassifier, got {type(model).__name__}")
+
+
+def _save(obj: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
+    """Write a TubeMAE checkpoint (format in the module docstring); `extra` entries are stored beside it."""
+    model = unwrap(model)
+    header = {"version": FORMAT_VERSION, "kind": _kind(model), "config": dataclasses.asdict(model.cfg),
+              "num_classes": getattr(model, "num_classes", None)}
+    _save({"model": cpu_state_dict(model), "tubemae": header, **extra}, path)
+
+
+def export_official(path: str | os.PathLike, model: nn.Module) -> None:
+    """Write the official layout: {'model': ...} for pre-training, {'module': ...} for a fine-tuned classifier."""
+    key = "model" if _kind(unwrap(model)) == "pretrain" else "module"
+    _save({key: cpu_state_dict(model)}, path)
+
+
+def build_from_checkpoint(source: str | os.PathLike | dict) -> nn.Module:
+    """The model stored in a TubeMAE checkpoint, built from its config and loaded (strict)."""
+    obj = read_checkpoint(source)
+    header = obj.get("tubemae")
+    if not isinstance(header, dict):
+        raise ValueError(f"{source if not isinstance(source, dict) else '<dict>'} is not a TubeMAE checkpoint "
+                         f"(no 'tubemae' entry): build the model with its size and call load_weights")
+    if header.get("version") != FORMAT_VERSION:
+        raise ValueError(f"TubeMAE checkpoint version {header.get('version')} is not supported "
+                         f"(this code reads version {FORMAT_VERSION})")
+    cfg = ModelConfig(**header["config"])
+    model = VideoMAEPretrain(cfg) if header["kind"] == "pretrain" else VideoMAEClassifier(cfg, header["num_classes"])
+    load_weights(model, obj, strict=True)
+    return model

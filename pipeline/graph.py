@@ -1,0 +1,100 @@
+"""The DALI graphs. Two pipelines per rank, because DALI 2.4 cannot checkpoint its video decoder:
+
+- the reader graph (CPU, checkpointed): webdataset reader over this rank's part of the shards, shuffle buffer,
+  and the uniform draws every random choice is made from. Its checkpoint is the loader's exact-resume state.
+- the decode graph (CPU or NVDEC, stateless): encoded clip + frame indices + crop boxes + flips in, normalised
+  views out. The loader turns draws into indices and boxes with `pipeline.sampling` between the two, so the
+  DALI path and the reference loader share one definition of both.
+
+Decode graph, per clip (eval decodes test_num_segment windows at once and slices them):
+
+    encoded --decoders.video(frames=indices)--> F x H x W x C uint8
+      for each view v: [window] --resize(roi=box_v, size=input)--> [RandAugment]
+                       --normalise, mirror=flip_v--> C x T x S x S
+    stack views --> V x C x T x S x S   (the loader reshapes B x V x ... to (B*V) x ... without a copy)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.auto_aug import rand_augment
+
+from pipeline.config import DataConfig
+from pipeline.sampling import SPACE_DRAWS, derive_seed
+from pipeline.shards import VIDEO_EXTENSIONS, Shards
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+OUTPUT_TYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}  # bf16: cast in torch
+RAND_AUGMENT_BINS = 11  # magnitudes 0..10, as timm's `rand-m7-n4` used by VideoMAE fine-tuning
+
+
+def reader_pipeline(cfg: DataConfig, shards: Shards, shard_id: int, num_shards: int, checkpoint=None):
+    """Reader graph, built: (encoded, frames, label, meta json, u_time, u_space) per sample."""
+    if cfg.mode == "eval":  # every rank reads the same part each epoch, in stored order
+        order = dict(stick_to_shard=True)
+    else:  # tar order reshuffled each epoch (the same on every rank, so the parts stay disjoint), then a buffer
+        order = dict(random_shuffle=True, initial_fill=cfg.shuffle_buffer, shuffle_after_epoch=True,
+                     shuffle_after_epoch_seed=cfg.seed)
+
+    @pipeline_def(enable_checkpointing=True)
+    def graph():
+        encoded, frames, label, meta = fn.readers.webdataset(
+            paths=shards.tars, index_paths=shards.indexes, name="reader",
+            ext=[VIDEO_EXTENSIONS, "frames", "label", "json"],
+            dtypes=[types.UINT8, types.INT32, types.INT32, types.UINT8],
+            missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
+            pad_last_batch=True,  # every epoch ends on a batch boundary; the loader drops the padding
+            seed=derive_seed(cfg.seed, shard_id, 5), **order)
+        u_time = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_frames])
+        u_space = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_views, SPACE_DRAWS])
+        return encoded, frames, label, meta, u_time, u_space
+
+    pipe = graph(batch_size=cfg.batch_size, num_threads=1, device_id=None, prefetch_queue_depth=2,
+                 seed=derive_seed(cfg.seed, shard_id, 6), checkpoint=checkpoint)
+    pipe.build()
+    return pipe
+
+
+def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, seed: int):
+    """Decode graph, built, fed through external sources 'encoded', 'indices', 'boxes', 'flips'.
+
+    Outputs: views (V x C x T x S x S per clip) and the decoded shape (F, H, W, C) the boxes were cut from.
+    With a `device_id` the views end on that GPU; frames decoded on the CPU are uploaded before the resize.
+    The loader feeds it with `feed_input` and keeps up to `cfg.prefetch` batches scheduled, so DALI's own
+    prefetch queue stays at 1 (the dynamic executor queues scheduled runs without blocking).
+    """
+    finetune = cfg.mode == "finetune" and cfg.rand_augment_n > 0
+    size = [cfg.input_size, cfg.input_size]
+
+    @pipeline_def(enable_conditionals=finetune)
+    def graph():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        indices = fn.external_source(name="indices", dtype=types.INT32, ndim=1)
+        boxes = fn.external_source(name="boxes", dtype=types.FLOAT, ndim=2)  # (V, 4): y0, x0, y1, x1
+        flips = fn.external_source(name="flips", dtype=types.INT32, ndim=1)  # (V,)
+        video = fn.decoders.video(encoded, frames=indices, device="mixed" if decode_device == "gpu" else "cpu")
+        frames = video.gpu() if device_id is not None else video  # no-op after NVDEC
+        views = []
+        for v in range(cfg.num_views):
+            clip = frames
+            if cfg.mode == "eval":
+                t = v // cfg.test_num_crop
+                clip = frames[t * cfg.num_frames:(t + 1) * cfg.num_frames]
+            clip = fn.resize(clip, roi_start=boxes[v, 0:2], roi_end=boxes[v, 2:4], size=size,
+                             interp_type=types.INTERP_LINEAR, antialias=True)  # T x S x S x C uint8
+            if finetune:
+                clip = rand_augment.rand_augment(clip, n=cfg.rand_augment_n, m=cfg.rand_augment_m,
+                                                 num_magnitude_bins=RAND_AUGMENT_BINS, shape=size, fill_value=128)
+            views.append(fn.crop_mirror_normalize(
+                clip, mirror=flips[v], mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD],
+                output_layout="CFHW", dtype=OUTPUT_TYPES[cfg.dtype]))
+        return fn.stack(*views), video.shape()
+
+    with warnings.catch_warnings(record=True):  # DALI's auto_aug calls deprecated aliases of its own operators
+        pipe = graph(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=seed,
+                     prefetch_queue_depth=1)
+        pipe.build()
+    return pipe

@@ -1,0 +1,335 @@
+"""`DaliLoader`: batches from the DALI graphs as a PyTorch iterator (ARCHITECTURE.md section 2).
+
+Per batch: the reader graph yields encoded clips and uniform draws; `pipeline.sampling` turns them into frame
+indices, crop boxes and flips; a decode graph (one of `decode_pipelines`, round robin) decodes and crops; the
+views reach torch through DLPack without a copy; masks (pretrain) or random erasing (finetune) are drawn on the
+training device with the loader's own generator.
+
+    loader = DaliLoader(cfg)               # rank and world size from torch.distributed when initialised
+    for epoch in range(epochs):
+        for batch in loader:               # video (B*V) x C x T x H x W, mask, label, key[, view]
+            ...
+        state = loader.state_dict()        # save with the checkpoint; load_state_dict resumes exactly
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from collections import deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.config import DataConfig
+from pipeline.graph import decode_pipeline, reader_pipeline
+from pipeline.masking import draw_masks, random_erase
+from pipeline.sampling import crop_boxes, derive_seed, frame_indices
+from pipeline.shards import check_decodable, find_shards, resolve_decode_device
+
+
+class DecodeError(RuntimeError):
+    """A clip failed to decode; the message names its key, shard and byte offset."""
+
+
+@dataclass
+class _Batch:
+    """One batch handed to a decode graph, kept until consumed (to re-feed it after a decode failure)."""
+    inputs: dict[str, list[np.ndarray]]  # 'encoded', 'indices', 'boxes', 'flips': one array per clip
+    keys: list[str]
+    sources: list[str]  # 'shard.tar:offset' of each clip's video member
+    labels: np.ndarray  # (B,) int64
+    sizes: list[tuple[int, int]]  # (height, width) from each clip's .json: what the boxes were computed for
+    state: dict  # loader state once this batch is consumed
+    pipe: int = -1
+
+    def without(self, drop: set[int]) -> "_Batch":
+        keep = [i for i in range(len(self.keys)) if i not in drop]
+        return replace(self, inputs={k: [v[i] for i in keep] for k, v in self.inputs.items()},
+                       keys=[self.keys[i] for i in keep], sources=[self.sources[i] for i in keep],
+                       labels=self.labels[keep], sizes=[self.sizes[i] for i in keep])
+
+
+@dataclass
+class _Skipped:
+    key: str
+    source: str
+    reason: str
+
+
+def _dali_reason(error: Exception) -> str:
+    """The line of a DALI error that says what went wrong (the text after 'encountered:')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    after = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else lines
+    return next((line for line in after if not line.startswith(("C++ context", "Current pipeline"))),
+                "decode failed")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class DaliLoader:
+    def __init__(self, cfg: DataConfig, device: str | torch.device | None = None,
+                 shard_id: int | None = None, num_shards: int | None = None):
+        self.cfg = cfg
+        rank, world = _rank_and_world()
+        self.shard_id = rank if shard_id is None else shard_id
+        self.num_shards = world if num_shards is None else num_shards
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.decode_device = resolve_decode_device(cfg.decode_device)
+        if self.decode_device == "gpu" and self.device.type != "cuda":
+            raise ValueError(f"decode_device 'gpu' needs a CUDA training device, got {self.device}")
+        self.shards = find_shards(cfg.shards, cfg.split)
+        check_decodable(self.shards, self.decode_device)
+
+        # This rank's part of the samples (DALI splits the global sample order into contiguous parts) and the
+        # batches of each epoch: the reader pads every part to the same number of batches.
+        total = self.shards.num_samples
+        if total < self.num_shards:
+            raise ValueError(f"{total} samples in split '{cfg.split}' cannot be spread over {self.num_shards} ranks")
+        parts = [total * (r + 1) // self.num_shards - total * r // self.num_shards for r in range(self.num_shards)]
+        self.part_size = parts[self.shard_id]
+        b = cfg.batch_size
+        reader_batches = math.ceil(max(parts) / b)
+        if cfg.drop_last:  # the same number of full batches on every rank
+            full = min(parts) // b
+            self._plan = [b] * full + [0] * (reader_batches - full)
+        else:  # every sample of the part once; the last batch may be short
+            self._plan = [min(max(self.part_size - j * b, 0), b) for j in range(reader_batches)]
+        if not any(self._plan):
+            raise ValueError(f"drop_last with batch_size {b} leaves no batch: the smallest rank part has "
+                             f"{min(parts)} samples; lower batch_size or set drop_last: false")
+
+        self._device_id = self.device.index if self.device.type == "cuda" else None
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(derive_seed(cfg.seed, self.shard_id, 1))
+        self._reader = reader_pipeline(cfg, self.shards, self.shard_id, self.num_shards)
+        self._decoders = []
+        self._build_decoders()
+        self._in_flight: deque[_Batch] = deque()
+        self._fed = 0  # batches handed to decode graphs since start (round robin)
+        self.epoch = 0
+        self._reader_pos = 0  # reader batches run in the current epoch
+        self._active = False  # an epoch is being iterated
+        self._state = {**self._reader_state(), "generator": self._generator.get_state()}
+        self.skipped: list[_Skipped] = []
+
+    # --- PyTorch iterator protocol ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return sum(1 for rows in self._plan if rows)
+
+    def __iter__(self):
+        if self._active:  # the previous epoch was left unfinished: drop the rest of it
+            self._finish_epoch()
+        return self
+
+    def __next__(self) -> dict:
+        self._active = True
+        self._fill()
+        if not self._in_flight:
+            self._finish_epoch()
+            raise StopIteration
+        batch = self._in_flight.popleft()
+        try:
+            views, decoded_shape = self._decoders[batch.pipe].outputs()
+        except RuntimeError as error:
+            self._recover(batch, error)
+            return self.__next__()
+        out = self._to_torch(batch, views, decoded_shape)
+        self._state = {**batch.state, "generator": self._generator.get_state()}
+        return out
+
+    # --- feeding ----------------------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Keep `prefetch` batches scheduled per decode graph."""
+        while len(self._in_flight) < self.cfg.prefetch * len(self._decoders):
+            batch = self._read_batch()
+            if batch is None:
+                return
+            self._submit(batch)
+
+    def _read_batch(self) -> _Batch | None:
+        """The next batch of this epoch from the reader graph, with its sampling decided; None at epoch end."""
+        out, rows = None, 0
+        while self._reader_pos < len(self._plan) and not rows:
+            out = self._reader.run()
+            rows = self._plan[self._reader_pos]
+            self._reader_pos += 1
+        if not rows:
+            return None
+        while self._reader_pos < len(self._plan) and not any(self._plan[self._reader_pos:]):
+            self._reader.run()  # nothing more to yield this epoch: run the reader to the epoch's end
+            self._reader_pos += 1
+        encoded, frames, labels, metas, u_time, u_space = out
+        inputs = {"encoded": [], "indices": [], "boxes": [], "flips": []}
+        keys, sources, sizes = [], [], []
+        for i in range(rows):
+            tar, offset, name = encoded[i].source_info().rsplit(":", 2)
+            meta = json.loads(bytes(np.asarray(metas[i])))
+            if "height" not in meta or "width" not in meta:
+                raise ValueError(f"{name} ({tar}:{offset}): its .json has no width/height (ARCHITECTURE.md "
+                                 f"section 1); rebuild the shards with `shard-videos`")
+            height, width = int(meta["height"]), int(meta["width"])
+            boxes, flips = crop_boxes(self.cfg, height, width, np.asarray(u_space[i]))
+            inputs["encoded"].append(np.array(encoded[i]))
+            inputs["indices"].append(frame_indices(self.cfg, int(np.asarray(frames[i])[0]), np.asarray(u_time[i])))
+            inputs["boxes"].append(boxes)
+            inputs["flips"].append(flips)
+            keys.append(name.rsplit(".", 1)[0])
+            sources.append(f"{tar}:{offset}")
+            sizes.append((height, width))
+        labels = np.array([int(np.asarray(labels[i])[0]) for i in range(rows)], dtype=np.int64)
+        return _Batch(inputs, keys, sources, labels, sizes, self._reader_state())
+
+    def _reader_state(self) -> dict:
+        return {"reader": self._reader.checkpoint(), "epoch": self.epoch, "reader_pos": self._reader_pos,
+                "fingerprint": self._fingerprint()}
+
+    def _submit(self, batch: _Batch) -> None:
+        batch.pipe = self._fed % len(self._decoders)
+        self._fed += 1
+        pipe = self._decoders[batch.pipe]
+        for name, data in batch.inputs.items():
+            pipe.feed_input(name, data)
+        pipe.schedule_run()
+        self._in_flight.append(batch)
+
+    def _build_decoders(self) -> None:
+        self._decoders = [decode_pipeline(self.cfg, self.decode_device, self._device_id,
+                                          derive_seed(self.cfg.seed, self.shard_id, 2, p))
+                          for p in range(self.cfg.decode_pipelines)]
+
+    def _discard_in_flight(self) -> None:
+        """Collect and drop the batches scheduled on the decode graphs."""
+        try:
+            while self._in_flight:
+                self._decoders[self._in_flight.popleft().pipe].outputs()
+        except RuntimeError:  # a bad clip among batches nobody will see
+            self._in_flight.clear()
+            self._build_decoders()
+
+    def _finish_epoch(self) -> None:
+        """Drop what is in flight, run the reader to the end of the epoch and start the next one."""
+        self._discard_in_flight()
+        while self._reader_pos < len(self._plan):
+            self._reader.run()
+            self._reader_pos += 1
+        self.epoch += 1
+        self._reader_pos = 0
+        self._active = False
+        self._state = {**self._reader_state(), "generator": self._generator.get_state()}
+
+    # --- output -----------------------------------------------------------------------------------------
+
+    def _to_torch(self, batch: _Batch, views, decoded_shape) -> dict:
+        decoded = decoded_shape.as_array()  # (B, 4): F, H, W, C
+        for i, (height, width) in enumerate(batch.sizes):
+            if (decoded[i, 1], decoded[i, 2]) != (height, width):
+                raise DecodeError(f"{batch.keys[i]} ({batch.sources[i]}): decoded frames are {decoded[i, 2]}x"
+                                  f"{decoded[i, 1]} but its .json says {width}x{height}; the crop boxes would "
+                                  f"be wrong. Rebuild the shards with `shard-videos`.")
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            video = torch.from_dlpack(views.as_tensor())  # (B, V, C, T, S, S), no copy
+        clips, num_views = video.shape[:2]
+        video = video.reshape(clips * num_views, *video.shape[2:])  # (B*V, C, T, S, S), a view
+        if self.cfg.dtype == "bfloat16":
+            video = video.to(torch.bfloat16)
+        out = {"video": video,
+               "label": torch.from_numpy(batch.labels).repeat_interleave(num_views).to(self.device),
+               "key": [key for key in batch.keys for _ in range(num_views)]}
+        if self.cfg.mode == "pretrain":
+            out.update(draw_masks(self.cfg, len(video), self._generator, self.device))
+        elif self.cfg.mode == "finetune" and self.cfg.erase_prob > 0:
+            out["video"] = random_erase(video, self.cfg.erase_prob, self._generator)
+        elif self.cfg.mode == "eval":
+            out["view"] = torch.arange(num_views, device=self.device).repeat(clips)
+        return out
+
+    # --- bad clips --------------------------------------------------------------------------------------
+
+    def _recover(self, failed: _Batch, error: Exception) -> None:
+        """A decode graph failed: find the clips that fail on their own, then raise or skip them."""
+        pending = [failed] + list(self._in_flight)
+        self._in_flight.clear()
+        self._build_decoders()  # a failed DALI pipeline is not reusable
+        bad = [i for i in range(len(failed.keys)) if not self._decodes(failed.without(
+            set(range(len(failed.keys))) - {i}))]
+        self._build_decoders()
+        reason = _dali_reason(error)
+        if not bad:
+            raise DecodeError(f"a batch failed to decode but none of its clips fails alone: "
+                              f"{', '.join(failed.keys)} ({reason})") from error
+        named = "; ".join(f"{failed.keys[i]} (shard {failed.sources[i].rsplit(':', 1)[0]}, offset "
+                          f"{failed.sources[i].rsplit(':', 1)[1]})" for i in bad)
+        if self.cfg.on_error == "raise":
+            raise DecodeError(f"cannot decode {named}: {reason}. Check the shards with `shard-videos verify`, "
+                              f"or set on_error: skip to drop such clips and count them.") from error
+        for i in bad:
+            self.skipped.append(_Skipped(failed.keys[i], failed.sources[i], reason))
+        print(f"[pipeline] skipped {named}: {reason} ({len(self.skipped)} skipped so far)", file=sys.stderr)
+        pending[0] = failed.without(set(bad))
+        for batch in pending:
+            if batch.keys:
+                self._submit(batch)
+            else:  # every clip of the batch was bad: its state still advances the position
+                self._state = {**batch.state, "generator": self._generator.get_state()}
+
+    def _decodes(self, single: _Batch) -> bool:
+        pipe = self._decoders[0]
+        for name, data in single.inputs.items():
+            pipe.feed_input(name, data)
+        try:
+            pipe.schedule_run()
+            pipe.outputs()
+            return True
+        except RuntimeError:
+            self._build_decoders()
+            return False
+
+    def summary(self) -> str:
+        """One line per clip skipped for failing to decode (on_error: skip)."""
+        if not self.skipped:
+            return "no clips skipped"
+        distinct = len({s.key for s in self.skipped})
+        lines = [f"{len(self.skipped)} clips skipped because they failed to decode ({distinct} distinct):"]
+        lines += [f"  {s.key} ({s.source}): {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+    # --- exact resume -----------------------------------------------------------------------------------
+
+    def _fingerprint(self) -> dict:
+        return {"samples": self.shards.num_samples, "batch_size": self.cfg.batch_size,
+                "shard_id": self.shard_id, "num_shards": self.num_shards, "mode": self.cfg.mode}
+
+    def state_dict(self) -> dict:
+        """Reader position and random state after the last batch returned (save it with the checkpoint)."""
+        return {**self._state, "skipped": [vars(s) for s in self.skipped]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume where `state_dict()` was taken: the next batches are those the saved run would have seen."""
+        if state["fingerprint"] != self._fingerprint():
+            raise ValueError(f"loader state was saved for {state['fingerprint']}, this loader is "
+                             f"{self._fingerprint()}: resume with the same shards, batch_size and world size")
+        self._discard_in_flight()
+        self._reader = reader_pipeline(self.cfg, self.shards, self.shard_id, self.num_shards,
+                                       checkpoint=state["reader"])
+        self.epoch, self._reader_pos = state["epoch"], state["reader_pos"]
+        self._generator.set_state(state["generator"])
+        self.skipped = [_Skipped(**s) for s in state.get("skipped", [])]
+        self._active = False
+        self._state = {k: v for k, v in state.items() if k != "skipped"}
+

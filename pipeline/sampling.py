@@ -1,0 +1,173 @@
+"""Which frames and which pixels of a clip go into a training sample: the one definition both loaders call.
+
+Every function here is deterministic: randomness comes in as uniform draws in [0, 1), made by DALI's random
+operators in the DALI graph (so pipeline checkpoints restore them) and by a numpy Generator in the reference
+loader. Boxes are (y0, x0, height, width) in pixels of the decoded frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.config import DataConfig
+
+RRC_ATTEMPTS = 10
+SPACE_DRAWS = 1 + 4 * RRC_ATTEMPTS  # per view: flip, then 4 draws per random-resized-crop attempt
+
+# Offsets of the multi-scale crop, in quarters of the slack (width - crop, height - crop): the corners, the
+# centre, the edge midpoints and the four inner quarter points.
+FIXED_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
+                 (1, 1), (3, 1), (1, 3), (3, 3))
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed in [0, 2^31) for one consumer of randomness, e.g. (config seed, rank, purpose)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] % 2 ** 31)
+
+
+def _pick(u: float, n: int) -> int:
+    """Index in [0, n) from a uniform draw in [0, 1)."""
+    return min(int(u * n), n - 1)
+
+
+# --- time -------------------------------------------------------------------------------------------------
+
+def random_window(num_available: int, u: float, num_frames: int, sampling_rate: int) -> np.ndarray:
+    """`num_frames` indices `sampling_rate` apart from a random start (VideoMAE pre-training sampling).
+
+    The start is uniform over the positions where the whole span `num_frames * sampling_rate` fits. A clip
+    shorter than that starts at 0 and repeats the last frame it reaches on the stride grid.
+    """
+    num_available = max(num_available, 1)
+    span = num_frames * sampling_rate
+    start = _pick(u, max(num_available - span + 1, 1))
+    last = start + (num_available - 1 - start) // sampling_rate * sampling_rate
+    return np.minimum(start + sampling_rate * np.arange(num_frames), last).astype(np.int32)
+
+
+def segment_indices(num_available: int, u: np.ndarray | None, num_frames: int) -> np.ndarray:
+    """One frame per equal segment of the clip (TSN / SSv2 sampling); `u=None` takes each segment's middle."""
+    num_available = max(num_available, 1)
+    segment = (num_available - 1) / num_frames
+    bounds = np.round(segment * np.arange(num_frames + 1)).astype(np.int64)
+    start, end = bounds[:-1], bounds[1:]
+    if u is None:
+        index = (start + end) // 2
+    else:
+        index = start + np.minimum((np.asarray(u[:num_frames]) * (end - start + 1)).astype(np.int64), end - start)
+    return index.astype(np.int32)
+
+
+def uniform_windows(num_available: int, num_frames: int, sampling_rate: int, num_clips: int) -> np.ndarray:
+    """`num_clips` windows evenly spaced over the clip, concatenated: (num_clips * num_frames,) indices.
+
+    Each window is `num_frames` consecutive entries of the strided sequence 0, r, 2r, ... (evaluation).
+    """
+    num_available = max(num_available, 1)
+    strided = np.arange(0, num_available, sampling_rate)
+    slack = max(len(strided) - num_frames, 0)
+    if num_clips == 1:
+        starts = [slack // 2]
+    else:
+        starts = [int(k * slack / (num_clips - 1)) for k in range(num_clips)]
+    windows = [strided[np.minimum(s + np.arange(num_frames), len(strided) - 1)] for s in starts]
+    return np.concatenate(windows).astype(np.int32)
+
+
+def segment_windows(num_available: int, num_frames: int, num_clips: int) -> np.ndarray:
+    """Evaluation with the segment sampler: clip k takes the point (k + 0.5) / num_clips of every segment."""
+    windows = [segment_indices(num_available, np.full(num_frames, (k + 0.5) / num_clips), num_frames)
+               for k in range(num_clips)]
+    return np.concatenate(windows)
+
+
+# --- space ------------------------------------------------------------------------------------------------
+
+def multiscale_crop_box(height: int, width: int, u_size: float, u_offset: float, input_size: int,
+                        scales: tuple[float, ...], max_distort: int) -> tuple[int, int, int, int]:
+    """VideoMAE's multi-scale crop: side lengths from `scales` of the short side (within 3 px of `input_size`
+    snaps to it), height and width scale at most `max_distort` steps apart, placed at one of 13 fixed offsets.
+    """
+    base = min(height, width)
+    sizes = [int(base * s) for s in scales]
+    sizes = [input_size if abs(s - input_size) < 3 else s for s in sizes]
+    pairs = [(sizes[i], sizes[j]) for i in range(len(sizes)) for j in range(len(sizes))
+             if abs(i - j) <= max_distort]
+    crop_h, crop_w = pairs[_pick(u_size, len(pairs))]
+    crop_h, crop_w = min(crop_h, height), min(crop_w, width)
+    step_x, step_y = (width - crop_w) // 4, (height - crop_h) // 4
+    qx, qy = FIXED_OFFSETS[_pick(u_offset, len(FIXED_OFFSETS))]
+    return qy * step_y, qx * step_x, crop_h, crop_w
+
+
+def random_resized_box(height: int, width: int, u: np.ndarray, scale: tuple[float, float],
+                       ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """Random resized crop (Inception style): area fraction in `scale`, aspect ratio log-uniform in `ratio`,
+    up to 10 attempts (4 draws each), then a centre crop with the ratio clamped."""
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(RRC_ATTEMPTS):
+        u_area, u_ratio, u_y, u_x = u[4 * attempt: 4 * attempt + 4]
+        target = area * (scale[0] + u_area * (scale[1] - scale[0]))
+        aspect = math.exp(log_low + u_ratio * (log_high - log_low))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return _pick(u_y, height - h + 1), _pick(u_x, width - w + 1), h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def short_side_crops(height: int, width: int, num_crops: int) -> list[tuple[int, int, int, int]]:
+    """Square crops of the short side's length, evenly spaced along the long side (evaluation views)."""
+    side = min(height, width)
+    slack = max(height, width) - side
+    if num_crops == 1:
+        starts = [slack // 2]
+    else:
+        starts = [int(k * slack / (num_crops - 1)) for k in range(num_crops)]
+    if height >= width:
+        return [(s, 0, side, side) for s in starts]
+    return [(0, s, side, side) for s in starts]
+
+
+# --- per sample, from the config ---------------------------------------------------------------------------
+
+def frame_indices(cfg: DataConfig, num_available: int, u_time: np.ndarray) -> np.ndarray:
+    """Frame indices to decode for one clip: (num_frames,), or (test_num_segment * num_frames,) in eval."""
+    if cfg.mode == "eval":
+        if cfg.sampler == "segment":
+            return segment_windows(num_available, cfg.num_frames, cfg.test_num_segment)
+        return uniform_windows(num_available, cfg.num_frames, cfg.sampling_rate, cfg.test_num_segment)
+    if cfg.sampler == "segment":
+        return segment_indices(num_available, u_time, cfg.num_frames)
+    return random_window(num_available, float(u_time[0]), cfg.num_frames, cfg.sampling_rate)
+
+
+def crop_boxes(cfg: DataConfig, height: int, width: int, u_space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop boxes (num_views, 4) as (y0, x0, y1, x1) float32 and horizontal flips (num_views,) int32.
+
+    `u_space` is (num_views, SPACE_DRAWS). In eval, view v = temporal clip v // test_num_crop, crop v % test_num_crop.
+    """
+    if cfg.mode == "eval":
+        boxes = short_side_crops(height, width, cfg.test_num_crop) * cfg.test_num_segment
+        flips = [0] * len(boxes)
+    else:
+        boxes, flips = [], []
+        for u in u_space:
+            if cfg.mode == "pretrain":
+                boxes.append(multiscale_crop_box(height, width, u[1], u[2], cfg.input_size, cfg.scales,
+                                                 cfg.max_distort))
+            else:
+                boxes.append(random_resized_box(height, width, u[1:], cfg.rrc_scale, cfg.rrc_ratio))
+            flips.append(int(cfg.flip and u[0] < 0.5))
+    corners = np.array([(y, x, y + h, x + w) for y, x, h, w in boxes], dtype=np.float32)
+    return corners, np.array(flips, dtype=np.int32)
