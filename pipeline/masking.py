@@ -3,7 +3,7 @@
 Masks are drawn on the training device right after the DALI graph, not inside it: they do not depend on the
 pixels, DALI has no argsort (an in-graph exact count needs an O(N^2) rank trick or a Python operator), one torch
 function then serves both loaders, and the cost is invisible next to a training step: under 1 ms for 64 x 1568 tube
-masks on 2 CPU cores (`python -m train.bench_loader SHARDS --masks`), a few kernels on a GPU. The generator's
+masks on 2 CPU cores (`bench masks --batch-size 64`), a few kernels on a GPU. The generator's
 state is saved with the loader's state, so a resumed run draws the same masks.
 
 Tokens are in (t, h, w) order: N = T' x H' x W' with T' = num_frames / tubelet_size, H' = W' = input / patch.

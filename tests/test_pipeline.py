@@ -22,6 +22,8 @@ from pipeline.graph import MEAN, STD, decode_pipeline
 from pipeline.loader import DaliLoader, DecodeError
 from pipeline.reference import ReferenceLoader, decode_frames
 from shard_tools import cli as shard_cli
+from train import bench as bench_cli
+from train.bench_e2e import bench_end_to_end
 from train.bench_loader import bench_loader
 from shard_tools.synthetic import make_collection
 
@@ -343,3 +345,25 @@ def test_bench_loader_measures_clips_and_samples(shards, loader):
                           verbose=False)
     assert result["clips_per_s"] > 0 and result["samples_per_s"] == pytest.approx(2 * result["clips_per_s"])
     assert "cores" in result["machine"]
+
+
+def test_bench_end_to_end_counts_every_sample_and_compares_with_the_ceiling(shards, capsys):
+    steps, rows = 3, 2 * 2  # batch 2 clips x num_sample 2
+    result = bench_end_to_end(str(shards["root"]), "tiny", "dali", split=shards["split"], batch_size=2,
+                              num_frames=8, sampling_rate=2, input_size=32, num_sample=2, num_threads=1,
+                              steps=steps, warmup=1)
+    assert result["samples_per_s"] * result["seconds"] == pytest.approx(steps * rows, rel=1e-2)
+    assert result["saturation"] == pytest.approx(result["samples_per_s"] / result["model_only_samples_per_s"],
+                                                 rel=1e-2)
+    assert 0 <= result["data_wait_fraction"] <= 1 and result["decode"] == "cpu"
+    assert "samples/s end to end" in capsys.readouterr().out
+
+
+def test_bench_command_prints_its_figure_and_json(capsys):
+    assert bench_cli.main(["masks", "--batch-size", "4", "--num-frames", "4", "--input-size", "32", "--json"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    result = json.loads(printed[-1])
+    assert result["rows"] == 4 and result["tokens"] == 2 * 2 * 2 and result["us_per_batch"] > 0
+    assert printed[0].startswith("tube masks for 4 x 8 tokens") and "cores" in printed[0]
+    with pytest.raises(SystemExit):
+        bench_cli.main(["loader"])  # SHARDS is required

@@ -1,16 +1,13 @@
 """Loader throughput: the DALI path against the reference loader on the same shards and settings.
 
-    python -m train.bench_loader data/shards --loader dali --input-size 224 --threads 2
-    python -m train.bench_loader data/shards --loader reference --input-size 224 --threads 2
+    bench loader data/shards --loader dali --input-size 224 --threads 2
+    bench loader data/shards --loader reference --input-size 224 --threads 2
 
-`bench_loader(...)` is what the `bench` command calls; it returns the figures as a dict.
+`bench_loader(...)` returns the figures as a dict; `bench_masks(...)` times drawing one batch of masks.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import time
 
 import torch
@@ -18,18 +15,25 @@ import torch
 from pipeline.config import DataConfig
 from pipeline.loader import DaliLoader
 from pipeline.masking import draw_masks
+from train.machine import describe
 
 
-def machine() -> str:
-    """CPU model, core count and GPU name, for every printed figure."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
+def make_loader(cfg: DataConfig, loader: str, device: str):
+    """(loader, what decodes) for 'dali' or 'reference'."""
+    if loader == "dali":
+        data = DaliLoader(cfg, device=device)
+        return data, data.decode_device
+    if loader == "reference":
+        from pipeline.reference import ReferenceLoader  # needs PyAV, which a GPU box may lack
+
+        return ReferenceLoader(cfg, device=device), "cpu (PyAV)"
+    raise ValueError(f"loader must be 'dali' or 'reference', got {loader!r}")
+
+
+def forever(data):
+    """Batches of epoch after epoch."""
+    while True:
+        yield from data
 
 
 def bench_loader(shards: str, loader: str = "dali", split: str = "train", mode: str = "pretrain",
@@ -47,23 +51,9 @@ def bench_loader(shards: str, loader: str = "dali", split: str = "train", mode: 
                      patch_size=16 if input_size % 16 == 0 else 8)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    if loader == "dali":
-        data = DaliLoader(cfg, device=device)
-        decode = data.decode_device
-    elif loader == "reference":
-        from pipeline.reference import ReferenceLoader  # needs PyAV, which a GPU box may lack
-
-        data = ReferenceLoader(cfg, device=device)
-        decode = "cpu (PyAV)"
-    else:
-        raise ValueError(f"loader must be 'dali' or 'reference', got {loader!r}")
+    data, decode = make_loader(cfg, loader, device)
     setup_s = time.perf_counter() - started
-
-    def batches_forever():
-        while True:
-            yield from data
-
-    stream = batches_forever()
+    stream = forever(data)
     for _ in range(warmup):
         next(stream)
     if device.startswith("cuda"):
@@ -81,7 +71,7 @@ def bench_loader(shards: str, loader: str = "dali", split: str = "train", mode: 
               "sampling_rate": sampling_rate, "batch_size": batch_size, "num_sample": num_sample,
               "threads": num_threads, "decode_pipelines": decode_pipelines if loader == "dali" else None,
               "batches": batches, "seconds": seconds, "setup_seconds": setup_s,
-              "clips_per_s": clips / seconds, "samples_per_s": samples / seconds, "machine": machine()}
+              "clips_per_s": clips / seconds, "samples_per_s": samples / seconds, "machine": describe()}
     if verbose:
         print(f"{loader:9s} decode={decode:10s} {mode} {num_frames}x{input_size}x{input_size} "
               f"rate={sampling_rate} batch={batch_size} num_sample={num_sample} threads={num_threads}: "
@@ -103,36 +93,3 @@ def bench_masks(cfg: DataConfig, rows: int, repeats: int = 100, device: str | No
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return (time.perf_counter() - started) / repeats * 1e6
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("shards")
-    parser.add_argument("--loader", choices=["dali", "reference"], default="dali")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--mode", choices=["pretrain", "finetune", "eval"], default="pretrain")
-    parser.add_argument("--decode-device", choices=["auto", "cpu", "gpu"], default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-frames", type=int, default=16)
-    parser.add_argument("--sampling-rate", type=int, default=4)
-    parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--num-sample", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2, help="DALI threads or DataLoader workers")
-    parser.add_argument("--decode-pipelines", type=int, default=1)
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--masks", action="store_true", help="also time drawing one batch of tube masks")
-    args = parser.parse_args(argv)
-    if args.masks:  # before the loader: its threads would share the cores
-        cfg = DataConfig(input_size=args.input_size, num_frames=args.num_frames)
-        rows = args.batch_size * args.num_sample
-        print(f"tube masks for {rows} x {cfg.num_tokens} tokens: {bench_masks(cfg, rows):.0f} us per batch "
-              f"on {machine()}")
-    bench_loader(args.shards, args.loader, args.split, args.mode, args.decode_device, args.batch_size,
-                 args.num_frames, args.sampling_rate, args.input_size, args.num_sample, args.threads,
-                 args.decode_pipelines, args.batches, args.warmup)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

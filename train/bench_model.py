@@ -1,22 +1,18 @@
 """Model-only throughput: forward + backward (+ optimizer step) of VideoMAE pre-training on synthetic tensors.
 
 The ceiling the data path has to feed. Reports clips/s and, from model/flops.py, achieved TFLOP/s and model FLOPs
-utilisation against the GPU's dense bf16 peak. Standalone: `python -m train.bench_model --size base --device cuda`.
+utilisation against the GPU's dense bf16 peak. Command line: `bench model --size base`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import os
-import platform
 import time
 
 import torch
 
 from model import ModelConfig, VideoMAEPretrain, param_groups, pretrain_flops, tube_num_masked
 from pipeline.masking import running_cell_mask, tube_mask
+from train.machine import machine
 
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' data sheets (SXM parts unless named)
 PEAK_BF16_TFLOPS = {
@@ -42,16 +38,30 @@ def peak_tflops(gpu_name: str) -> float | None:
     return None
 
 
-def machine() -> dict:
-    """CPU model, cores, torch version and GPU name: printed beside every figure."""
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "gpu": gpu}
+def make_train_step(model: VideoMAEPretrain, dtype: str = "fp32", compile: bool = False, optimizer: bool = False):
+    """One pre-training step as the benchmarks time it: forward under bf16 autocast (dtype 'bf16'), backward, and
+    with `optimizer` an AdamW step (the official betas and weight decay). Returns step(video, mask, ...) -> loss."""
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+    device = next(model.parameters()).device
+    forward = torch.compile(model, fullgraph=True) if compile else model
+    opt = None
+    if optimizer:
+        opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1.5e-4, betas=(0.9, 0.95),
+                                fused=device.type == "cuda")
+
+    def step(video, mask, decoder_mask=None, *, num_masked=None, num_decoded=None) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = forward(video, mask, decoder_mask, num_masked=num_masked, num_decoded=num_decoded)["loss"]
+        loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
 
 
 def bench_model(size: str = "tiny", batch_size: int = 2, num_frames: int = 16, input_size: int = 224,
@@ -59,22 +69,16 @@ def bench_model(size: str = "tiny", batch_size: int = 2, num_frames: int = 16, i
                 warmup: int = 3, compile: bool = False, optimizer: bool = False, dual_masking: bool = False,
                 use_checkpoint: bool = False, verbose: bool = True) -> dict:
     """Time `steps` pre-training steps after `warmup` ones; returns the settings, the machine and the figures."""
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
     info = machine()
     cfg = ModelConfig(size=size, num_frames=num_frames, input_size=input_size, use_checkpoint=use_checkpoint)
     dev = torch.device(device)
     model = VideoMAEPretrain(cfg).to(dev).train()
-    step_fn = torch.compile(model, fullgraph=True) if compile else model
-    opt = None
-    if optimizer:
-        opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1.5e-4, betas=(0.9, 0.95), fused=dev.type == "cuda")
+    train_step = make_train_step(model, dtype, compile, optimizer)
     num_masked = tube_num_masked(cfg, mask_ratio)
     num_decoded = cfg.num_tokens // 2 if dual_masking else None
     video = torch.randn(batch_size, 3, num_frames, input_size, input_size, device=dev)
     generator = torch.Generator(device=dev).manual_seed(0)
     time_slots, grid, _ = cfg.grid
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
     def sync():
         if dev.type == "cuda":
@@ -83,14 +87,7 @@ def bench_model(size: str = "tiny", batch_size: int = 2, num_frames: int = 16, i
     def step():
         mask = tube_mask(batch_size, time_slots, grid, mask_ratio, generator, dev)  # a new mask every step
         decoder_mask = running_cell_mask(batch_size, time_slots, grid, generator, dev) if dual_masking else None
-        with autocast:
-            out = step_fn(video, mask, decoder_mask, num_masked=num_masked, num_decoded=num_decoded)
-        out["loss"].backward()
-        if opt is not None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        else:
-            model.zero_grad(set_to_none=True)
+        train_step(video, mask, decoder_mask, num_masked=num_masked, num_decoded=num_decoded)
 
     start = time.perf_counter()
     for _ in range(warmup):
@@ -128,31 +125,3 @@ def bench_model(size: str = "tiny", batch_size: int = 2, num_frames: int = 16, i
               f"{' compiled' if compile else ''}: {result['clips_per_s']} clips/s, {result['step_ms']} ms/step, "
               f"{result['achieved_tflops']} TFLOP/s, MFU {result['mfu']}")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="tiny")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--num-frames", type=int, default=16)
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--mask-ratio", type=float, default=0.9)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16" if torch.cuda.is_available() else "fp32")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--optimizer", action="store_true", help="include an AdamW step")
-    p.add_argument("--dual-masking", action="store_true", help="VideoMAE V2 running-cell decoder masks")
-    p.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    a = p.parse_args(argv)
-    result = bench_model(a.size, a.batch_size, a.num_frames, a.input_size, a.mask_ratio, a.device, a.dtype, a.steps,
-                         a.warmup, a.compile, a.optimizer, a.dual_masking, a.use_checkpoint)
-    if a.json:
-        print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
