@@ -209,7 +209,10 @@ def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, exclude:
     target = unwrap(model)
     name = str(source) if not isinstance(source, dict) else "<state dict>"
     obj = read_checkpoint(source, trust_pickle)
-    sd, layout = state_dict_of(obj)
+    try:
+        sd, layout = state_dict_of(obj)
+    except ValueError as error:  # say which file
+        raise ValueError(f"{name}: {error}") from None
     sd, skipped = _for_model(sd, target)
     own = target.state_dict()
     exclude = tuple(exclude)
@@ -233,7 +236,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, exclude:
                                 f"table over {target.cfg.grid}; set model.pos_embed_grid={list(grid)} to resample "
                                 f"the trained one instead")
     if strict and (report.missing or report.unexpected):
-        raise ValueError(f"strict load failed:\n{report}")
+        raise ValueError(f"{name}: strict load failed:\n{report}")
     return report
 
 
@@ -274,12 +277,13 @@ def export_official(path: str | os.PathLike, model: nn.Module) -> None:
 def build_from_checkpoint(source: str | os.PathLike | dict) -> nn.Module:
     """The model stored in a TubeMAE checkpoint, built from its config and loaded (strict)."""
     obj = read_checkpoint(source)
+    name = source if not isinstance(source, dict) else "<dict>"
     header = obj.get("tubemae")
     if not isinstance(header, dict):
-        raise ValueError(f"{source if not isinstance(source, dict) else '<dict>'} is not a TubeMAE checkpoint "
-                         f"(no 'tubemae' entry): build the model with its size and call load_weights")
+        raise ValueError(f"{name} is not a TubeMAE checkpoint (no 'tubemae' entry): build the model with its size "
+                         f"and call load_weights")
     if header.get("version") != FORMAT_VERSION:
-        raise ValueError(f"TubeMAE checkpoint version {header.get('version')} is not supported "
+        raise ValueError(f"{name}: TubeMAE checkpoint version {header.get('version')} is not supported "
                          f"(this code reads version {FORMAT_VERSION})")
     cfg = ModelConfig(**header["config"])
     model = VideoMAEPretrain(cfg) if header["kind"] == "pretrain" else VideoMAEClassifier(cfg, header["num_classes"])

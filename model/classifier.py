@@ -14,9 +14,10 @@ from .layers import LN_EPS, CubeEmbed, make_blocks, patchify, resample_table, ru
 
 
 def init_finetune_weights(module: nn.Module) -> None:
-    """Official fine-tuning init: truncated-normal (std 0.02) Linear weights, zero biases, LayerNorm 1 / 0."""
+    """Official fine-tuning init: Linear weights normal with std 0.02 truncated at +-0.02 (the official wrapper
+    passes a = -std, b = std), zero biases, LayerNorm 1 / 0."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.02, b=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

@@ -24,7 +24,7 @@ class DataConfig:
     input_size: int = 224
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop (pretrain)
     max_distort: int = 1  # at most this many steps between the height and width scale
-    flip: bool = False  # random horizontal flip (the official pre-training does not flip)
+    flip: bool = False  # random horizontal flip: official pre-training does not flip; fine-tuning does, except SSv2
     rrc_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop (finetune)
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     rand_augment_n: int = 4  # RandAugment ops per clip (finetune); 0 turns it off

@@ -2,9 +2,10 @@
 
 - the reader graph (CPU, checkpointed): webdataset reader over this rank's part of the shards, shuffle buffer,
   and the uniform draws every random choice is made from. Its checkpoint is the loader's exact-resume state.
-- the decode graph (CPU or NVDEC, stateless): encoded clip + frame indices + crop boxes + flips in, normalised
-  views out. The loader turns draws into indices and boxes with `pipeline.sampling` between the two, so the
-  DALI path and the reference loader share one definition of both.
+- the decode graph (CPU or NVDEC, stateless: no random operator): encoded clip + frame indices + crop boxes +
+  flips (+ RandAugment ops and signs) in, normalised views out. The loader turns draws into indices, boxes and
+  choices with `pipeline.sampling` between the two, so the DALI path and the reference loader share one
+  definition of them, and the reader's checkpoint fixes every random choice of a resumed run.
 
 Decode graph, per clip (eval decodes test_num_segment windows at once and slices them):
 
@@ -20,15 +21,19 @@ import warnings
 
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import rand_augment
+from nvidia.dali.auto_aug.core import select, signed_bin
 
 from pipeline.config import DataConfig
-from pipeline.sampling import SPACE_DRAWS, derive_seed
+from pipeline.sampling import derive_seed, space_draws
 from pipeline.shards import VIDEO_EXTENSIONS, Shards
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 OUTPUT_TYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}  # bf16: cast in torch
 RAND_AUGMENT_BINS = 11  # magnitudes 0..10, as timm's `rand-m7-n4` used by VideoMAE fine-tuning
+# DALI's RandAugment suite; which op and which sign are chosen from the reader graph's draws, not inside the decode
+# graph, so that the decode graph holds no random state and exact resume covers fine-tuning too
+RAND_AUGMENT_OPS = rand_augment.get_rand_augment_suite(use_shape=True)
 
 
 def reader_pipeline(cfg: DataConfig, shards: Shards, shard_id: int, num_shards: int, checkpoint=None):
@@ -49,7 +54,7 @@ def reader_pipeline(cfg: DataConfig, shards: Shards, shard_id: int, num_shards: 
             pad_last_batch=True,  # every epoch ends on a batch boundary; the loader drops the padding
             seed=derive_seed(cfg.seed, shard_id, 5), **order)
         u_time = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_frames])
-        u_space = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_views, SPACE_DRAWS])
+        u_space = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_views, space_draws(cfg)])
         return encoded, frames, label, meta, u_time, u_space
 
     pipe = graph(batch_size=cfg.batch_size, num_threads=1, device_id=None, prefetch_queue_depth=2,
@@ -59,7 +64,8 @@ def reader_pipeline(cfg: DataConfig, shards: Shards, shard_id: int, num_shards: 
 
 
 def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, seed: int):
-    """Decode graph, built, fed through external sources 'encoded', 'indices', 'boxes', 'flips'.
+    """Decode graph, built, fed through external sources 'encoded', 'indices', 'boxes', 'flips' and, in
+    fine-tuning with RandAugment, 'augment' ((V, n, 2): op index and sign per view and op).
 
     Outputs: views (V x C x T x S x S per clip) and the decoded shape (F, H, W, C) the boxes were cut from.
     With a `device_id` the views end on that GPU; frames decoded on the CPU are uploaded before the resize.
@@ -75,6 +81,8 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
         indices = fn.external_source(name="indices", dtype=types.INT32, ndim=1)
         boxes = fn.external_source(name="boxes", dtype=types.FLOAT, ndim=2)  # (V, 4): y0, x0, y1, x1
         flips = fn.external_source(name="flips", dtype=types.INT32, ndim=1)  # (V,)
+        if finetune:
+            augment = fn.external_source(name="augment", dtype=types.INT32, ndim=3)  # (V, n, 2)
         video = fn.decoders.video(encoded, frames=indices, device="mixed" if decode_device == "gpu" else "cpu")
         frames = video.gpu() if device_id is not None else video  # no-op after NVDEC
         views = []
@@ -85,9 +93,10 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
                 clip = frames[t * cfg.num_frames:(t + 1) * cfg.num_frames]
             clip = fn.resize(clip, roi_start=boxes[v, 0:2], roi_end=boxes[v, 2:4], size=size,
                              interp_type=types.INTERP_LINEAR, antialias=True)  # T x S x S x C uint8
-            if finetune:
-                clip = rand_augment.rand_augment(clip, n=cfg.rand_augment_n, m=cfg.rand_augment_m,
-                                                 num_magnitude_bins=RAND_AUGMENT_BINS, shape=size, fill_value=128)
+            for level in range(cfg.rand_augment_n if finetune else 0):  # the same ops for every frame
+                magnitude = signed_bin(cfg.rand_augment_m, random_sign=augment[v, level, 1])
+                clip = select(RAND_AUGMENT_OPS, augment[v, level, 0], data=clip, magnitude_bin=magnitude,
+                              num_magnitude_bins=RAND_AUGMENT_BINS, shape=size, fill_value=128)
             views.append(fn.crop_mirror_normalize(
                 clip, mirror=flips[v], mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD],
                 output_layout="CFHW", dtype=OUTPUT_TYPES[cfg.dtype]))

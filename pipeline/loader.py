@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import DataConfig
-from pipeline.graph import decode_pipeline, reader_pipeline
+from pipeline.graph import RAND_AUGMENT_OPS, decode_pipeline, reader_pipeline
 from pipeline.masking import draw_masks, random_erase
-from pipeline.sampling import crop_boxes, derive_seed, frame_indices
+from pipeline.sampling import augment_choices, crop_boxes, derive_seed, frame_indices
 from pipeline.shards import check_decodable, find_shards, resolve_decode_device
 
 
@@ -39,7 +39,7 @@ class DecodeError(RuntimeError):
 @dataclass
 class _Batch:
     """One batch handed to a decode graph, kept until consumed (to re-feed it after a decode failure)."""
-    inputs: dict[str, list[np.ndarray]]  # 'encoded', 'indices', 'boxes', 'flips': one array per clip
+    inputs: dict[str, list[np.ndarray]]  # 'encoded', 'indices', 'boxes', 'flips'[, 'augment']: one per clip
     keys: list[str]
     sources: list[str]  # 'shard.tar:offset' of each clip's video member
     labels: np.ndarray  # (B,) int64
@@ -176,6 +176,9 @@ class DaliLoader:
             self._reader_pos += 1
         encoded, frames, labels, metas, u_time, u_space = out
         inputs = {"encoded": [], "indices": [], "boxes": [], "flips": []}
+        if self.cfg.mode == "finetune" and self.cfg.rand_augment_n:
+            inputs["augment"] = [augment_choices(self.cfg, np.asarray(u_space[i]), len(RAND_AUGMENT_OPS))
+                                 for i in range(rows)]
         keys, sources, sizes = [], [], []
         for i in range(rows):
             tar, offset, name = encoded[i].source_info().rsplit(":", 2)

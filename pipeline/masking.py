@@ -51,7 +51,7 @@ def running_cell_mask(rows: int, time_slots: int, grid: int, generator: torch.Ge
     cell = torch.tensor([True, True, False, False], device=device)
     phase = torch.randint(0, 4, (rows, 1, 1), generator=generator, device=device)
     shift = phase + torch.arange(time_slots, device=device)[None, :, None]  # (B, T', 1)
-    position = (torch.arange(4, device=device)[None, None, :] - shift) % 4  # roll the cell by `shift`
+    position = (torch.arange(4, device=device)[None, None, :] + shift) % 4  # V2: queue[(i + ptr) % 4]
     cells = rearrange(cell[position], "b t (i j) -> b t i j", i=2)  # (B, T', 2, 2)
     tiled = repeat(cells, "b t i j -> b t (h i) (w j)", h=grid // 2, w=grid // 2)
     return rearrange(tiled, "b t h w -> b (t h w)")

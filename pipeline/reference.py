@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from pipeline.config import DataConfig
 from pipeline.loader import _rank_and_world
 from pipeline.masking import draw_masks, random_erase
-from pipeline.sampling import SPACE_DRAWS, crop_boxes, derive_seed, frame_indices
+from pipeline.sampling import crop_boxes, derive_seed, frame_indices, space_draws
 from pipeline.shards import VIDEO_EXTENSIONS, find_shards
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
@@ -88,7 +88,7 @@ class ClipTransform:
         indices = frame_indices(cfg, num_available, self.rng.random(cfg.num_frames))
         frames = torch.from_numpy(decode_frames(sample[ext], indices))  # (F, H, W, 3) uint8
         height, width = frames.shape[1:3]
-        boxes, flips = crop_boxes(cfg, height, width, self.rng.random((cfg.num_views, SPACE_DRAWS)))
+        boxes, flips = crop_boxes(cfg, height, width, self.rng.random((cfg.num_views, space_draws(cfg))))
         views = []
         for v, ((y0, x0, y1, x1), flip) in enumerate(zip(boxes.astype(int), flips)):
             clip = frames

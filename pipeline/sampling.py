@@ -16,6 +16,11 @@ from pipeline.config import DataConfig
 RRC_ATTEMPTS = 10
 SPACE_DRAWS = 1 + 4 * RRC_ATTEMPTS  # per view: flip, then 4 draws per random-resized-crop attempt
 
+
+def space_draws(cfg: DataConfig) -> int:
+    """Uniform draws per view: flip and crop, then in fine-tuning 2 per RandAugment op (which op, which sign)."""
+    return SPACE_DRAWS + (2 * cfg.rand_augment_n if cfg.mode == "finetune" else 0)
+
 # Offsets of the multi-scale crop, in quarters of the slack (width - crop, height - crop): the corners, the
 # centre, the edge midpoints and the four inner quarter points.
 FIXED_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
@@ -139,6 +144,14 @@ def short_side_crops(height: int, width: int, num_crops: int) -> list[tuple[int,
     return [(0, s, side, side) for s in starts]
 
 
+def rand_augment_choices(u: np.ndarray, num_ops: int) -> np.ndarray:
+    """RandAugment's random choices from 2 draws per op: (n, 2) int32 rows of (op index in [0, num_ops),
+    negate the magnitude 0/1). u: (2 n,) uniform draws."""
+    u = np.asarray(u).reshape(-1, 2)
+    ops = np.minimum((u[:, 0] * num_ops).astype(np.int64), num_ops - 1)
+    return np.stack([ops, u[:, 1] < 0.5], axis=1).astype(np.int32)
+
+
 # --- per sample, from the config ---------------------------------------------------------------------------
 
 def frame_indices(cfg: DataConfig, num_available: int, u_time: np.ndarray) -> np.ndarray:
@@ -155,7 +168,7 @@ def frame_indices(cfg: DataConfig, num_available: int, u_time: np.ndarray) -> np
 def crop_boxes(cfg: DataConfig, height: int, width: int, u_space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crop boxes (num_views, 4) as (y0, x0, y1, x1) float32 and horizontal flips (num_views,) int32.
 
-    `u_space` is (num_views, SPACE_DRAWS). In eval, view v = temporal clip v // test_num_crop, crop v % test_num_crop.
+    `u_space` is (num_views, space_draws(cfg)). In eval, view v = temporal clip v // test_num_crop, crop v % test_num_crop.
     """
     if cfg.mode == "eval":
         boxes = short_side_crops(height, width, cfg.test_num_crop) * cfg.test_num_segment
@@ -171,3 +184,8 @@ def crop_boxes(cfg: DataConfig, height: int, width: int, u_space: np.ndarray) ->
             flips.append(int(cfg.flip and u[0] < 0.5))
     corners = np.array([(y, x, y + h, x + w) for y, x, h, w in boxes], dtype=np.float32)
     return corners, np.array(flips, dtype=np.int32)
+
+
+def augment_choices(cfg: DataConfig, u_space: np.ndarray, num_ops: int) -> np.ndarray:
+    """(num_views, rand_augment_n, 2) int32: each view's RandAugment ops and signs (fine-tuning)."""
+    return np.stack([rand_augment_choices(u[SPACE_DRAWS:space_draws(cfg)], num_ops) for u in u_space])

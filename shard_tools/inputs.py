@@ -17,6 +17,7 @@ import os
 import random
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,6 +178,16 @@ class FileIndex:
         return matches[0] if matches else None
 
 
+@contextmanager
+def reading(path: Path, what: str):
+    """Turn a malformed line or entry of a label file into an InputError that names the file and the entry."""
+    try:
+        yield
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        detail = f"missing field {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise InputError(f"{path}: cannot read {what} ({detail}); is this the right label file?") from None
+
+
 def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
 
@@ -185,8 +196,9 @@ def from_ucf101(root: Path, folder: Path, split_id: int) -> Collection:
     class_file = folder / "classInd.txt"
     classes = {}
     for line in read_lines(class_file):
-        number, name = line.split(maxsplit=1)
-        classes[int(number)] = name
+        with reading(class_file, f"line {line!r}, expected '<number> <class name>'"):
+            number, name = line.split(maxsplit=1)
+            classes[int(number)] = name
     if sorted(classes) != list(range(1, len(classes) + 1)):
         raise InputError(f"{class_file}: class numbers must run 1..N, found {sorted(classes)[:5]}...")
     names = [classes[i] for i in range(1, len(classes) + 1)]
@@ -221,7 +233,8 @@ def from_hmdb51(root: Path, folder: Path, split_id: int) -> Collection:
         label = split_file.name[: -len(f"_test_split{split_id}.txt")]
         names.append(label)
         for line in read_lines(split_file):
-            name, flag = line.split()
+            with reading(split_file, f"line {line!r}, expected '<video file> <flag 0, 1 or 2>'"):
+                name, flag = line.split()
             if flag == "0":
                 unused += 1
                 continue
@@ -237,24 +250,29 @@ def from_hmdb51(root: Path, folder: Path, split_id: int) -> Collection:
 
 def from_ssv2(root: Path, folder: Path) -> Collection:
     label_file = sorted(folder.glob("*labels.json"))[0]
-    templates = json.loads(label_file.read_text())
-    names = sorted(templates, key=lambda name: int(templates[name]))
+    with reading(label_file, "the template -> label index mapping"):
+        templates = json.loads(label_file.read_text())
+        names = sorted(templates, key=lambda name: int(templates[name]))
     if [int(templates[n]) for n in names] != list(range(len(names))):
         raise InputError(f"{label_file}: label indices must run 0..N-1")
     index = FileIndex(root)
     clips, missing = [], []
     for split, suffix in (("train", "train.json"), ("val", "validation.json"), ("test", "test.json")):
         for list_file in sorted(folder.glob(f"*{suffix}")):
-            for entry in json.loads(list_file.read_text()):
+            with reading(list_file, "a JSON list of {'id': ..., 'template': ...} entries"):
+                entries = json.loads(list_file.read_text())
+            for entry in entries:
+                with reading(list_file, f"entry {entry!r}, expected {{'id': ..., 'template': ...}}"):
+                    video = f"{entry['id']}.webm"
                 label = None
                 if "template" in entry:
                     label = entry["template"].replace("[", "").replace("]", "")
                     if label not in templates:
                         raise InputError(f"{list_file}: video {entry['id']}'s template {label!r} is not in "
                                          f"{label_file}")
-                path = index.find(f"{entry['id']}.webm", list_file, by_stem=True)
+                path = index.find(video, list_file, by_stem=True)
                 if path is None:
-                    missing.append((str(list_file), f"{entry['id']}.webm"))
+                    missing.append((str(list_file), video))
                 else:
                     clips.append(Clip(path, relative(path, root), split, label))
     if not clips and not missing:
@@ -296,7 +314,9 @@ def from_kinetics(root: Path, tables: dict[Path, list[list[str]]]) -> Collection
         default_split = SPLIT_NAMES.get(csv_file.stem.lower().split("_")[-1])
         for row in rows[1:]:
             cells = dict(zip(header, (cell.strip() for cell in row)))
-            name = f"{cells['youtube_id']}_{int(float(cells['time_start'])):06d}_{int(float(cells['time_end'])):06d}"
+            with reading(csv_file, f"row {row}, expected youtube_id and whole-second time_start, time_end"):
+                start, end = int(float(cells["time_start"])), int(float(cells["time_end"]))
+            name = f"{cells['youtube_id']}_{start:06d}_{end:06d}"
             split = SPLIT_NAMES.get(cells.get("split", "").lower(), default_split)
             if split is None:
                 raise InputError(f"{csv_file}: row {name} has split {cells.get('split')!r}; expected train, val(idate) "

@@ -85,6 +85,8 @@ def encode_clip(path: Path, settings: Settings) -> tuple[bytes, str, dict]:
             decoded = None
         else:
             video, extension, decoded, cut = transcode(container, stream, settings)
+    if decoded == 0:  # transcoding decoded nothing, so there is no output to probe
+        raise Rejected("zero_frames: not one video frame decodes")
     probe = probe_output(video)
     decoded = probe["num_frames"] if decoded is None else decoded
     if decoded == 0:

@@ -68,6 +68,32 @@ def write_tone(container, stream, seconds: float) -> None:
     container.mux(stream.encode())
 
 
+def write_no_frames(path, codec: str = "h264", size: tuple[int, int] = (64, 80)) -> Path:
+    """A container with a video stream that holds not one frame."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoder, pix_fmt, options = ENCODERS[codec]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=25, options=options)
+        stream.height, stream.width = size
+        stream.pix_fmt = pix_fmt
+        container.start_encoding()  # writes the header: a file exists though no packet follows
+    return path
+
+
+def garble_avi(path) -> Path:
+    """Zero the payload of every chunk of an AVI's movi list: the index and headers stay, no frame decodes."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    position, end = data.index(b"movi") + 4, data.index(b"idx1")
+    while position < end - 8:
+        size = int.from_bytes(data[position + 4:position + 8], "little")
+        data[position + 8:position + 8 + size] = bytes(size)
+        position += 8 + size + (size & 1)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def write_audio_only(path, seconds: float = 1.0) -> Path:
     """A file with one AAC track and no video."""
     path = Path(path)

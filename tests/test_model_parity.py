@@ -84,3 +84,26 @@ def test_classifier_from_transformers_pretraining_checkpoint(tmp_path):
     torch.testing.assert_close(model.blocks[1].attn.qkv.weight,
                                torch.cat([hf.query.weight, hf.key.weight, hf.value.weight]))
     torch.testing.assert_close(model.blocks[1].attn.v_bias, hf.value.bias)
+
+
+def test_hub_files_with_q_bias_and_v_bias_load_the_same():
+    """Files on the Hub (written by older transformers) store attention.attention.q_bias / v_bias and no key
+    bias; transformers 5 writes query.bias / key.bias / value.bias. Both give the same model."""
+    reference = randomise(transformers.VideoMAEForVideoClassification(
+        hf_config(use_mean_pooling=True, num_labels=7)))
+    modern = reference.state_dict()
+    hub = {}
+    for key, value in modern.items():
+        if key.endswith("attention.attention.key.bias"):
+            continue
+        hub[key.replace("attention.attention.query.bias", "attention.attention.q_bias")
+               .replace("attention.attention.value.bias", "attention.attention.v_bias")] = value
+    assert any(k.endswith(".q_bias") for k in hub) and not any(k.endswith("query.bias") for k in hub)
+    a, b = VideoMAEClassifier(ModelConfig(**TINY), 7), VideoMAEClassifier(ModelConfig(**TINY), 7)
+    load_weights(a, modern, strict=True)
+    report = load_weights(b, hub, strict=True)
+    assert report.layout == "huggingface"
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, msg=name)
+    query_bias = modern["videomae.encoder.layer.0.attention.attention.query.bias"]
+    torch.testing.assert_close(b.blocks[0].attn.q_bias, query_bias)

@@ -18,7 +18,7 @@ from einops import rearrange
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.config import DataConfig
-from pipeline.graph import MEAN, STD, decode_pipeline
+from pipeline.graph import RAND_AUGMENT_OPS, MEAN, STD, decode_pipeline
 from pipeline.loader import DaliLoader, DecodeError
 from pipeline.reference import ReferenceLoader, decode_frames
 from shard_tools import cli as shard_cli
@@ -167,8 +167,9 @@ def test_two_ranks_cover_the_split_disjointly(shards):
     assert counts[0] == counts[1] == [2, 2]  # 5 and 6 samples: two full batches on both ranks
 
 
-def test_exact_resume(shards):
-    cfg = config(shards, num_sample=2, flip=True, decode_pipelines=2)
+@pytest.mark.parametrize("mode", ["pretrain", "finetune"])
+def test_exact_resume(shards, mode):
+    cfg = config(shards, mode=mode, num_sample=2, flip=True, decode_pipelines=2, rand_augment_n=2, erase_prob=0.5)
 
     def take(loader, n):
         out, it = [], iter(loader)
@@ -188,7 +189,8 @@ def test_exact_resume(shards):
     tail = take(resumed, 5)
     for x, y in zip(uninterrupted, head + tail):
         assert x["key"] == y["key"]
-        assert torch.equal(x["video"], y["video"]) and torch.equal(x["mask"], y["mask"])
+        assert torch.equal(x["video"], y["video"])
+        assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in ("mask", "label") if k in x)
     with pytest.raises(ValueError, match="batch_size"):
         DaliLoader(dataclasses.replace(cfg, batch_size=3)).load_state_dict(state)
 
@@ -315,6 +317,31 @@ def test_decode_graph_cuts_the_given_box_and_flips(shards):
     expected = (crop - torch.tensor(MEAN).view(3, 1, 1, 1)) / torch.tensor(STD).view(3, 1, 1, 1)
     assert torch.allclose(outs[0], expected, atol=1e-4)
     assert torch.equal(outs[1], outs[0].flip(-1))
+
+
+def test_rand_augment_applies_the_ops_it_is_given(shards):
+    """The decode graph draws nothing itself: the same choices give the same pixels, other ops other pixels."""
+    data = np.frombuffer(first_clip(shards), np.uint8)
+    cfg = config(shards, mode="finetune", rand_augment_n=2, rand_augment_m=9)
+    pipe = decode_pipeline(cfg, "cpu", None, seed=0)
+    names = [op.name for op in RAND_AUGMENT_OPS]
+
+    def run(*ops):  # (name, negate) per RandAugment level
+        augment = np.array([[[names.index(name), negate] for name, negate in ops]], dtype=np.int32)  # (V, n, 2)
+        for name, value in [("encoded", data), ("indices", np.arange(0, 16, 2, dtype=np.int32)),
+                            ("boxes", np.array([[0, 0, 64, 64]], np.float32)), ("flips", np.zeros(1, np.int32)),
+                            ("augment", augment)]:
+            pipe.feed_input(name, [value])
+        return pipe.run()[0].as_array()[0, 0]  # (C, T, 32, 32)
+
+    plain = run(("identity", 0), ("identity", 1))
+    assert np.array_equal(run(("identity", 1), ("identity", 0)), plain)
+    brighter = run(("brightness", 0), ("identity", 0))
+    assert np.array_equal(run(("identity", 0), ("brightness", 0)), brighter)
+    darker = run(("brightness", 1), ("identity", 0))  # the sign negates the magnitude
+    assert darker.mean() < plain.mean() - 0.1 < brighter.mean() - 0.2
+    rotated = run(("rotate", 0), ("identity", 0))
+    assert not np.allclose(rotated, plain, atol=0.1) and np.allclose(rotated.mean(), plain.mean(), atol=0.5)
 
 
 def test_reference_decoder_seeks_to_the_requested_frames(shards):

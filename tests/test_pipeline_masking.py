@@ -44,8 +44,12 @@ def test_running_cell_mask_keeps_two_of_each_cell_and_shifts_in_time():
     assert (cells.sum(-1) == 2).all()
     assert (cells == cells[:, :, :1]).all()  # the same pattern in every cell of a slot
     pattern = cells[:, :, 0]  # (B, T, 4)
-    assert (pattern[:, 1:] == pattern[:, :-1].roll(1, dims=-1)).all()  # shifts by one position per slot
+    assert (pattern[:, 1:] == pattern[:, :-1].roll(-1, dims=-1)).all()  # shifts by one position per slot
     assert len({tuple(p.tolist()) for p in pattern[:, 0]}) > 1  # random phase per sample
+    # VideoMAE V2's Cell: queue (1, 1, 0, 0), slot t of a sample with pointer p shows queue[(i + p + t + 1) % 4]
+    queue = torch.tensor([True, True, False, False])
+    sequences = [torch.stack([queue[(torch.arange(4) + p + t + 1) % 4] for t in range(4)]) for p in range(4)]
+    assert all(any(torch.equal(row, seq) for seq in sequences) for row in pattern)
 
 
 def test_draw_masks_from_config_is_seeded():

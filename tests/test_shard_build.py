@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 from fixtures_video import (count_frames, make_hmdb51, make_kinetics, make_ssv2, make_ucf101, truncate,
-                            write_audio_only, write_random_bytes, write_video)
+                            garble_avi, write_audio_only, write_no_frames, write_random_bytes, write_video)
 
 from shard_tools import cli
 from shard_tools.build import ordered_results
@@ -34,6 +34,8 @@ GOOD = {  # source -> (codec, frames): every codec and container a user's collec
 BROKEN = {  # source -> the kind of reason it must be rejected with
     "bike/empty.mp4": "empty", "bike/noise.mp4": "unreadable", "bike/short.mp4": "too_short",
     "walk/cut.mp4": "unreadable", "walk/cut.webm": "truncated", "walk/sound.mp4": "no_video",
+    "walk/header.mp4": "no_video",  # a video stream declared, not one packet written: libav sees no stream
+    "walk/garbled.avi": "undecodable",  # every frame's packet zeroed
 }
 
 
@@ -48,6 +50,8 @@ def source(tmp_path_factory) -> Path:
     truncate(write_video(root / "walk/cut.mp4", num_frames=40))
     truncate(write_video(root / "walk/cut.webm", "vp9", num_frames=40))
     write_audio_only(root / "walk/sound.mp4")
+    write_no_frames(root / "walk/header.mp4")
+    garble_avi(write_video(root / "walk/garbled.avi", "mpeg4", num_frames=24))
     return root
 
 

@@ -140,3 +140,29 @@ def test_cli_reports_input_errors(tmp_path, capsys):
     assert cli.main([str(videos), str(tmp_path / "out"), "--labels", str(annotations)]) == 2
     err = capsys.readouterr().err
     assert f"{annotations} names 1 video(s)" in err and "--skip-missing" in err
+
+
+def test_malformed_label_files_name_the_file_and_the_entry(tmp_path):
+    videos, splits = make_ucf101(tmp_path / "ucf", groups=1, num_frames=4)
+    (splits / "classInd.txt").write_text("1 ApplyEyeMakeup\nArchery\n")
+    with pytest.raises(InputError, match=r"classInd.txt: cannot read line 'Archery'"):
+        load_collection(videos, splits)
+
+    videos, splits = make_hmdb51(tmp_path / "hmdb", clips=1, num_frames=4)
+    split_file = sorted(splits.glob("*_test_split1.txt"))[0]
+    split_file.write_text(split_file.read_text() + "extra.avi 1 oops\n")
+    with pytest.raises(InputError, match=rf"{split_file.name}: cannot read line 'extra.avi 1 oops'"):
+        load_collection(videos, splits)
+
+    videos, annotations = make_kinetics(tmp_path / "k", per_split={"train": 1}, num_frames=4)
+    csv_file = annotations if annotations.is_file() else sorted(annotations.glob("*.csv"))[0]
+    assert csv_file.read_text().startswith("label,youtube_id,time_start,time_end,split")
+    csv_file.write_text(csv_file.read_text().rstrip("\n") + "\nabseiling,zz,one,10,train\n")
+    with pytest.raises(InputError, match=rf"{csv_file.name}: cannot read row .*time_start"):
+        load_collection(videos, annotations)
+
+    videos, labels = make_ssv2(tmp_path / "ssv2", num_frames=4)
+    train = labels / "train.json"
+    train.write_text(json.dumps(json.loads(train.read_text()) + [{"template": "x"}]))
+    with pytest.raises(InputError, match=r"train.json: cannot read entry .*missing field 'id'"):
+        load_collection(videos, labels)
