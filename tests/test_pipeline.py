@@ -195,8 +195,9 @@ def test_exact_resume(shards, mode):
         DaliLoader(dataclasses.replace(cfg, batch_size=3)).load_state_dict(state)
 
 
-def test_eval_views_layout_and_parity_with_the_reference_loader(shards):
-    cfg = config(shards, mode="eval", test_num_segment=2, test_num_crop=3, batch_size=3)
+@pytest.mark.parametrize("sampler", ["random", "segment"])  # eval: strided windows, or segment points
+def test_eval_views_layout_and_parity_with_the_reference_loader(shards, sampler):
+    cfg = config(shards, mode="eval", sampler=sampler, test_num_segment=2, test_num_crop=3, batch_size=3)
     dali = epoch_of(DaliLoader(cfg))
     again = epoch_of(DaliLoader(cfg))
     reference = epoch_of(ReferenceLoader(cfg, num_workers=0))
