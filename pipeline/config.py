@@ -97,6 +97,11 @@ class DataConfig:
         return self.input_size // self.patch_size
 
     @property
+    def rand_augment_ops(self) -> int:
+        """RandAugment ops applied to each view: rand_augment_n in fine-tuning, else none."""
+        return self.rand_augment_n if self.mode == "finetune" else 0
+
+    @property
     def num_views(self) -> int:
         """Crops the graph cuts from one decoded clip."""
         if self.mode == "eval":

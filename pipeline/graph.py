@@ -72,16 +72,16 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
     The loader feeds it with `feed_input` and keeps up to `cfg.prefetch` batches scheduled, so DALI's own
     prefetch queue stays at 1 (the dynamic executor queues scheduled runs without blocking).
     """
-    finetune = cfg.mode == "finetune" and cfg.rand_augment_n > 0
+    augmenting = cfg.rand_augment_ops > 0
     size = [cfg.input_size, cfg.input_size]
 
-    @pipeline_def(enable_conditionals=finetune)
+    @pipeline_def(enable_conditionals=augmenting)
     def graph():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         indices = fn.external_source(name="indices", dtype=types.INT32, ndim=1)
         boxes = fn.external_source(name="boxes", dtype=types.FLOAT, ndim=2)  # (V, 4): y0, x0, y1, x1
         flips = fn.external_source(name="flips", dtype=types.INT32, ndim=1)  # (V,)
-        if finetune:
+        if augmenting:
             augment = fn.external_source(name="augment", dtype=types.INT32, ndim=3)  # (V, n, 2)
         video = fn.decoders.video(encoded, frames=indices, device="mixed" if decode_device == "gpu" else "cpu")
         frames = video.gpu() if device_id is not None else video  # no-op after NVDEC
@@ -93,7 +93,7 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
                 clip = frames[t * cfg.num_frames:(t + 1) * cfg.num_frames]
             clip = fn.resize(clip, roi_start=boxes[v, 0:2], roi_end=boxes[v, 2:4], size=size,
                              interp_type=types.INTERP_LINEAR, antialias=True)  # T x S x S x C uint8
-            for level in range(cfg.rand_augment_n if finetune else 0):  # the same ops for every frame
+            for level in range(cfg.rand_augment_ops):  # the same ops for every frame
                 magnitude = signed_bin(cfg.rand_augment_m, random_sign=augment[v, level, 1])
                 clip = select(RAND_AUGMENT_OPS, augment[v, level, 0], data=clip, magnitude_bin=magnitude,
                               num_magnitude_bins=RAND_AUGMENT_BINS, shape=size, fill_value=128)

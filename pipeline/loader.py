@@ -176,7 +176,7 @@ class DaliLoader:
             self._reader_pos += 1
         encoded, frames, labels, metas, u_time, u_space = out
         inputs = {"encoded": [], "indices": [], "boxes": [], "flips": []}
-        if self.cfg.mode == "finetune" and self.cfg.rand_augment_n:
+        if self.cfg.rand_augment_ops:
             inputs["augment"] = [augment_choices(self.cfg, np.asarray(u_space[i]), len(RAND_AUGMENT_OPS))
                                  for i in range(rows)]
         keys, sources, sizes = [], [], []

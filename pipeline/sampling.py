@@ -19,7 +19,7 @@ SPACE_DRAWS = 1 + 4 * RRC_ATTEMPTS  # per view: flip, then 4 draws per random-re
 
 def space_draws(cfg: DataConfig) -> int:
     """Uniform draws per view: flip and crop, then in fine-tuning 2 per RandAugment op (which op, which sign)."""
-    return SPACE_DRAWS + (2 * cfg.rand_augment_n if cfg.mode == "finetune" else 0)
+    return SPACE_DRAWS + 2 * cfg.rand_augment_ops
 
 # Offsets of the multi-scale crop, in quarters of the slack (width - crop, height - crop): the corners, the
 # centre, the edge midpoints and the four inner quarter points.
@@ -168,7 +168,8 @@ def frame_indices(cfg: DataConfig, num_available: int, u_time: np.ndarray) -> np
 def crop_boxes(cfg: DataConfig, height: int, width: int, u_space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crop boxes (num_views, 4) as (y0, x0, y1, x1) float32 and horizontal flips (num_views,) int32.
 
-    `u_space` is (num_views, space_draws(cfg)). In eval, view v = temporal clip v // test_num_crop, crop v % test_num_crop.
+    `u_space` is (num_views, space_draws(cfg)). In eval, view v = temporal clip v // test_num_crop, crop
+    v % test_num_crop.
     """
     if cfg.mode == "eval":
         boxes = short_side_crops(height, width, cfg.test_num_crop) * cfg.test_num_segment

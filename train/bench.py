@@ -26,8 +26,8 @@ HAS_GPU = torch.cuda.is_available()
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0],
-                                   epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
 
     def add(name: str, help: str, shards: bool) -> argparse.ArgumentParser:
