@@ -24,7 +24,7 @@ from pipeline.reference import ReferenceLoader, decode_frames
 from shard_tools import cli as shard_cli
 from train import bench as bench_cli
 from train.bench_e2e import bench_end_to_end
-from train.bench_loader import bench_loader
+from train.bench_loader import bench_decode, bench_loader
 from shard_tools.synthetic import make_collection
 
 NUM_FRAMES = 40  # per synthetic clip
@@ -243,6 +243,8 @@ def test_h264_shards_without_gpu_fail_before_training(videos, tmp_path, shards):
     root, split = make_shards(videos, tmp_path / "h264", "h264")
     with pytest.raises(RuntimeError, match=r"h264.*shard-videos .*--codec vp9"):
         DaliLoader(config({"root": root, "split": split}))
+    with pytest.raises(RuntimeError, match=r"hold h264.*no CUDA GPU.*--codec vp9"):
+        bench_decode(str(root), split)
     with pytest.raises(RuntimeError, match="decode_device is 'gpu' but CUDA is not available"):
         DaliLoader(config(shards, decode_device="gpu"))
 
@@ -373,6 +375,19 @@ def test_bench_loader_measures_clips_and_samples(shards, loader):
                           verbose=False)
     assert result["clips_per_s"] > 0 and result["samples_per_s"] == pytest.approx(2 * result["clips_per_s"])
     assert "cores" in result["machine"]
+
+
+def test_bench_decode_tries_every_setting_and_names_the_fastest(shards, capsys):
+    result = bench_decode(str(shards["root"]), shards["split"], decode_pipelines=(1, 2), num_threads=(1, 2),
+                          batch_size=2, num_frames=8, sampling_rate=2, input_size=32, batches=2, warmup=1)
+    rows = result["rows"]
+    assert result["codec"] == "vp9" and result["devices"] == (["gpu", "cpu"] if torch.cuda.is_available() else ["cpu"])
+    assert [(r["decode"], r["decode_pipelines"], r["threads"]) for r in rows[-4:]] == [
+        ("cpu", 1, 1), ("cpu", 1, 2), ("cpu", 2, 1), ("cpu", 2, 2)]
+    fastest = max(rows, key=lambda r: r["clips_per_s"])
+    assert result["fastest"]["clips_per_s"] == fastest["clips_per_s"] > 0
+    assert (f"decode_device: {fastest['decode']}, decode_pipelines: {fastest['decode_pipelines']}, "
+            f"num_threads: {fastest['threads']}") in capsys.readouterr().out
 
 
 def test_bench_end_to_end_counts_every_sample_and_compares_with_the_ceiling(shards, capsys):

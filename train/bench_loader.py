@@ -2,8 +2,10 @@
 
     bench loader data/shards --loader dali --input-size 224 --threads 2
     bench loader data/shards --loader reference --input-size 224 --threads 2
+    bench decode data/shards --decode-pipelines 1 2 4 7 --threads 4 8    which decoding setting is fastest
 
-`bench_loader(...)` returns the figures as a dict; `bench_masks(...)` times drawing one batch of masks.
+`bench_loader(...)` returns the figures as a dict; `bench_decode(...)` runs it over decode devices, pipelines
+and threads; `bench_masks(...)` times drawing one batch of masks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from pipeline.config import DataConfig
 from pipeline.loader import DaliLoader
 from pipeline.masking import draw_masks
+from pipeline.shards import CPU_CODECS, find_shards
 from train.machine import describe
 
 
@@ -77,6 +80,34 @@ def bench_loader(shards: str, loader: str = "dali", split: str = "train", mode: 
               f"rate={sampling_rate} batch={batch_size} num_sample={num_sample} threads={num_threads}: "
               f"{result['clips_per_s']:.1f} clips/s, {result['samples_per_s']:.1f} samples/s "
               f"({batches} batches in {seconds:.1f} s, setup {setup_s:.1f} s) on {result['machine']}")
+    return result
+
+
+def bench_decode(shards: str, split: str = "train", decode_pipelines: tuple[int, ...] = (1, 2, 4, 7),
+                 num_threads: tuple[int, ...] = (2,), verbose: bool = True, **settings) -> dict:
+    """`bench_loader` of the DALI path for every decode device these shards and this machine allow (NVDEC when
+    CUDA is present, the CPU when the codec is one it reads) x `decode_pipelines` x `num_threads`; the fastest
+    setting by clips/s is what `decode_device`, `decode_pipelines` and `num_threads` should be set to.
+
+    `settings` are passed on to `bench_loader` (batch_size, input_size, mode, batches, ...).
+    """
+    codec = find_shards(shards, split).codec
+    devices = (["gpu"] if torch.cuda.is_available() else []) + (["cpu"] if codec in CPU_CODECS else [])
+    if not devices:
+        raise RuntimeError(f"no decoder here reads the shards in {shards}: they hold {codec}, DALI's CPU decoder "
+                           f"reads only {', '.join(CPU_CODECS)} and there is no CUDA GPU for NVDEC. Re-encode "
+                           f"them (`shard-videos INPUT {shards} --codec vp9`) or run this on a GPU machine.")
+    rows = [bench_loader(shards, "dali", split, decode_device=device, decode_pipelines=pipelines,
+                         num_threads=threads, verbose=verbose, **settings)
+            for device in devices for pipelines in decode_pipelines for threads in num_threads]
+    fastest = max(rows, key=lambda row: row["clips_per_s"])
+    result = {"codec": codec, "devices": devices, "rows": rows,
+              "fastest": {key: fastest[key] for key in ("decode", "decode_pipelines", "threads", "clips_per_s")}}
+    if verbose:
+        unread = "" if "cpu" in devices else f" (the CPU decoder cannot read {codec})"
+        print(f"fastest of {len(rows)} settings on {codec} shards{unread}: decode_device: {fastest['decode']}, "
+              f"decode_pipelines: {fastest['decode_pipelines']}, num_threads: {fastest['threads']} "
+              f"({fastest['clips_per_s']:.1f} clips/s)")
     return result
 
 
