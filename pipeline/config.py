@@ -46,7 +46,8 @@ class DataConfig:
     # execution
     batch_size: int = 8  # decoded clips per batch
     num_threads: int = 4  # DALI worker threads per pipeline (reference loader: DataLoader workers)
-    decode_device: Literal["auto", "cpu", "gpu"] = "auto"  # auto: NVDEC when CUDA is present
+    # auto: NVDEC when CUDA is present, until `bench decode` on a GPU says when CPU decoding is faster
+    decode_device: Literal["auto", "cpu", "gpu"] = "auto"
     decode_pipelines: int = 1  # decoding pipelines per GPU run side by side (NVDEC has several engines)
     prefetch: int = 2  # batches in flight per decoding pipeline
     shuffle_buffer: int = 256  # samples; training splits only
