@@ -77,7 +77,8 @@ def bench_loader(shards: str, loader: str = "dali", split: str = "train", mode: 
               "clips_per_s": clips / seconds, "samples_per_s": samples / seconds, "machine": describe()}
     if verbose:
         print(f"{loader:9s} decode={decode:10s} {mode} {num_frames}x{input_size}x{input_size} "
-              f"rate={sampling_rate} batch={batch_size} num_sample={num_sample} threads={num_threads}: "
+              f"rate={sampling_rate} batch={batch_size} num_sample={num_sample} threads={num_threads}"
+              f"{f' pipelines={decode_pipelines}' if loader == 'dali' else ''}: "
               f"{result['clips_per_s']:.1f} clips/s, {result['samples_per_s']:.1f} samples/s "
               f"({batches} batches in {seconds:.1f} s, setup {setup_s:.1f} s) on {result['machine']}")
     return result
