@@ -17,7 +17,7 @@ import re
 import struct
 import time
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -278,7 +278,12 @@ def ordered_results(clips: list[Clip], settings: Settings, workers: int,
             clip = next(source, None)
             if clip is None:
                 return
-            pending.append((clip, pool.submit(function, str(clip.path), settings)))
+            try:
+                future = pool.submit(function, str(clip.path), settings)
+            except BrokenProcessPool as broken:  # a worker died since the last result: fail this clip's future
+                future = Future()  # too, so that it runs again with the others that were in flight
+                future.set_exception(broken)
+            pending.append((clip, future))
 
     try:
         refill()

@@ -13,6 +13,8 @@ import sys
 import tarfile
 import time
 from collections import Counter
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import av
@@ -336,6 +338,46 @@ def crash_on_a_name(path: str, settings: Settings) -> Result:
     if path.endswith("crash.mp4"):
         os._exit(3)
     return Result(video=path.encode(), extension="mp4", meta={})
+
+
+class BreakingPool:
+    """A stand-in for ProcessPoolExecutor that runs each call at once. A call on crash.mp4 breaks it as a dead
+    worker does: that call's future, and every submit after it, fail with BrokenProcessPool."""
+
+    def __init__(self, workers, mp_context=None):
+        self.broken = False
+
+    def submit(self, function, path, settings):
+        if self.broken:
+            raise BrokenProcessPool("A child process terminated abruptly")
+        future = Future()
+        if path.endswith("crash.mp4"):
+            self.broken = True
+            future.set_exception(BrokenProcessPool("A child process terminated abruptly"))
+        else:
+            future.set_result(function(path, settings))
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+def test_a_pool_broken_before_the_next_submit_rejects_only_the_crashing_clip(monkeypatch):
+    # With real processes the pool can break between two results (the crash is noticed while the loop still
+    # submits): submit itself then raises. Here that happens on every run.
+    monkeypatch.setattr("shard_tools.build.ProcessPoolExecutor", BreakingPool)
+    names = [f"{i}.mp4" for i in range(3)] + ["crash.mp4"] + [f"{i}.mp4" for i in range(3, 12)]
+    clips = [Clip(Path("/nowhere") / name, name, "train", None) for name in names]
+    results = list(ordered_results(clips, Settings(), workers=1, function=crash_on_a_name))
+    assert [clip.source for clip, _ in results] == names
+    assert [clip.source for clip, result in results if result.reason] == ["crash.mp4"]
+    assert "killed the worker process" in results[3][1].reason
 
 
 def test_a_worker_crash_rejects_only_its_clip():
