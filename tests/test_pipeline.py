@@ -381,7 +381,8 @@ def test_bench_decode_tries_every_setting_and_names_the_fastest(shards, capsys):
     result = bench_decode(str(shards["root"]), shards["split"], decode_pipelines=(1, 2), num_threads=(1, 2),
                           batch_size=2, num_frames=8, sampling_rate=2, input_size=32, batches=2, warmup=1)
     rows = result["rows"]
-    assert result["codec"] == "vp9" and result["devices"] == (["gpu", "cpu"] if torch.cuda.is_available() else ["cpu"])
+    assert result["codec"] == "vp9"
+    assert result["devices"] == (["gpu", "cpu"] if torch.cuda.is_available() else ["cpu"])
     assert [(r["decode"], r["decode_pipelines"], r["threads"]) for r in rows[-4:]] == [
         ("cpu", 1, 1), ("cpu", 1, 2), ("cpu", 2, 1), ("cpu", 2, 2)]
     fastest = max(rows, key=lambda r: r["clips_per_s"])

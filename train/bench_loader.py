@@ -17,7 +17,7 @@ import torch
 from pipeline.config import DataConfig
 from pipeline.loader import DaliLoader
 from pipeline.masking import draw_masks
-from pipeline.shards import CPU_CODECS, find_shards
+from pipeline.shards import CPU_CODECS, check_decodable, find_shards
 from train.machine import describe
 
 
@@ -92,12 +92,11 @@ def bench_decode(shards: str, split: str = "train", decode_pipelines: tuple[int,
 
     `settings` are passed on to `bench_loader` (batch_size, input_size, mode, batches, ...).
     """
-    codec = find_shards(shards, split).codec
+    found = find_shards(shards, split)
+    codec = found.codec
     devices = (["gpu"] if torch.cuda.is_available() else []) + (["cpu"] if codec in CPU_CODECS else [])
-    if not devices:
-        raise RuntimeError(f"no decoder here reads the shards in {shards}: they hold {codec}, DALI's CPU decoder "
-                           f"reads only {', '.join(CPU_CODECS)} and there is no CUDA GPU for NVDEC. Re-encode "
-                           f"them (`shard-videos INPUT {shards} --codec vp9`) or run this on a GPU machine.")
+    if not devices:  # no GPU, and a codec the CPU decoder cannot read
+        check_decodable(found, "cpu")
     rows = [bench_loader(shards, "dali", split, decode_device=device, decode_pipelines=pipelines,
                          num_threads=threads, verbose=verbose, **settings)
             for device in devices for pipelines in decode_pipelines for threads in num_threads]
