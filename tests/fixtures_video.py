@@ -81,15 +81,15 @@ def write_no_frames(path, codec: str = "h264", size: tuple[int, int] = (64, 80))
     return path
 
 
-def garble_avi(path) -> Path:
-    """Zero the payload of every chunk of an AVI's movi list: the index and headers stay, no frame decodes."""
+def zero_packets(path) -> Path:
+    """Overwrite the payload of every video packet with zeros, where the demuxer says it lies; the container's
+    headers and index stay intact."""
     path = Path(path)
+    with av.open(str(path)) as container:
+        spans = [(packet.pos, packet.size) for packet in container.demux(video=0) if packet.size]
     data = bytearray(path.read_bytes())
-    position, end = data.index(b"movi") + 4, data.index(b"idx1")
-    while position < end - 8:
-        size = int.from_bytes(data[position + 4:position + 8], "little")
-        data[position + 8:position + 8 + size] = bytes(size)
-        position += 8 + size + (size & 1)
+    for position, size in spans:
+        data[position:position + size] = bytes(size)
     path.write_bytes(bytes(data))
     return path
 

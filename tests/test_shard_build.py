@@ -21,7 +21,8 @@ import av
 import numpy as np
 import pytest
 from fixtures_video import (count_frames, make_hmdb51, make_kinetics, make_ssv2, make_ucf101, truncate,
-                            garble_avi, write_audio_only, write_no_frames, write_random_bytes, write_video)
+                            write_audio_only, write_no_frames, write_random_bytes, write_video,
+                            zero_packets)
 
 from shard_tools import cli
 from shard_tools.build import ordered_results
@@ -37,7 +38,8 @@ BROKEN = {  # source -> the kind of reason it must be rejected with
     "bike/empty.mp4": "empty", "bike/noise.mp4": "unreadable", "bike/short.mp4": "too_short",
     "walk/cut.mp4": "unreadable", "walk/cut.webm": "truncated", "walk/sound.mp4": "no_video",
     "walk/header.mp4": "no_video",  # a video stream declared, not one packet written: libav sees no stream
-    "walk/garbled.avi": "undecodable",  # every frame's packet zeroed
+    "walk/garbled.avi": "undecodable",  # every frame's packet zeroed: the MPEG-4 decoder raises
+    "walk/blank.webm": "zero_frames",  # every frame's packet zeroed: the VP9 decoder returns nothing
 }
 
 
@@ -53,7 +55,8 @@ def source(tmp_path_factory) -> Path:
     truncate(write_video(root / "walk/cut.webm", "vp9", num_frames=40))
     write_audio_only(root / "walk/sound.mp4")
     write_no_frames(root / "walk/header.mp4")
-    garble_avi(write_video(root / "walk/garbled.avi", "mpeg4", num_frames=24))
+    zero_packets(write_video(root / "walk/garbled.avi", "mpeg4", num_frames=24))
+    zero_packets(write_video(root / "walk/blank.webm", "vp9", num_frames=24))
     return root
 
 
