@@ -249,23 +249,40 @@ def _kind(model: nn.Module) -> str:
 
 
 def _save(obj: dict, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync it, rename it over `path`, fsync the folder: a crash
+    at any point leaves either the old file or the new one, never a half-written one under the real name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
-    """Write a TubeMAE checkpoint (format in the module docstring); `extra` entries are stored beside it."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None,
+                    **extra: Any) -> None:
+    """Write a TubeMAE checkpoint (format in the module docstring); `extra` entries are stored beside it.
+    `state_dict`: the model's weights when they are not all on this process (FSDP gathers them first)."""
     model = unwrap(model)
     header = {"version": FORMAT_VERSION, "kind": _kind(model), "config": dataclasses.asdict(model.cfg),
               "num_classes": getattr(model, "num_classes", None)}
-    _save({"model": cpu_state_dict(model), "tubemae": header, **extra}, path)
+    weights = cpu_state_dict(model) if state_dict is None else state_dict
+    _save({"model": weights, "tubemae": header, **extra}, path)
 
 
 def export_official(path: str | os.PathLike, model: nn.Module) -> None:

@@ -13,8 +13,8 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported: the model's pixel statistics)
+
 LN_EPS = 1e-6
 
 

@@ -7,6 +7,10 @@ from typing import Literal
 
 Mode = Literal["pretrain", "finetune", "eval"]
 
+# The batch contract's normalisation (ARCHITECTURE.md section 2), RGB order: every other module imports these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass
 class DataConfig:

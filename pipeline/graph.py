@@ -23,12 +23,10 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import rand_augment
 from nvidia.dali.auto_aug.core import select, signed_bin
 
-from pipeline.config import DataConfig
+from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from pipeline.sampling import derive_seed, space_draws
 from pipeline.shards import VIDEO_EXTENSIONS, Shards
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 OUTPUT_TYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}  # bf16: cast in torch
 RAND_AUGMENT_BINS = 11  # magnitudes 0..10, as timm's `rand-m7-n4` used by VideoMAE fine-tuning
 # DALI's RandAugment suite; which op and which sign are chosen from the reader graph's draws, not inside the decode
@@ -48,7 +46,7 @@ def reader_pipeline(cfg: DataConfig, shards: Shards, shard_id: int, num_shards: 
     def graph():
         encoded, frames, label, meta = fn.readers.webdataset(
             paths=shards.tars, index_paths=shards.indexes, name="reader",
-            ext=[VIDEO_EXTENSIONS, "frames", "label", "json"],
+            ext=[";".join(VIDEO_EXTENSIONS), "frames", "label", "json"],
             dtypes=[types.UINT8, types.INT32, types.INT32, types.UINT8],
             missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
             pad_last_batch=True,  # every epoch ends on a batch boundary; the loader drops the padding
@@ -98,7 +96,8 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
                 clip = select(RAND_AUGMENT_OPS, augment[v, level, 0], data=clip, magnitude_bin=magnitude,
                               num_magnitude_bins=RAND_AUGMENT_BINS, shape=size, fill_value=128)
             views.append(fn.crop_mirror_normalize(
-                clip, mirror=flips[v], mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD],
+                clip, mirror=flips[v], mean=[m * 255 for m in IMAGENET_MEAN],
+                std=[s * 255 for s in IMAGENET_STD],
                 output_layout="CFHW", dtype=OUTPUT_TYPES[cfg.dtype]))
         return fn.stack(*views), video.shape()
 

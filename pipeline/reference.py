@@ -21,14 +21,14 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
 
-from pipeline.config import DataConfig
+from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from pipeline.loader import _rank_and_world
 from pipeline.masking import draw_masks, random_erase
 from pipeline.sampling import crop_boxes, derive_seed, frame_indices, space_draws
 from pipeline.shards import VIDEO_EXTENSIONS, find_shards
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # broadcast over (C, T, H, W)
+STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -83,7 +83,7 @@ class ClipTransform:
             worker = get_worker_info()
             worker_id = worker.id if worker else 0
             self.rng = np.random.default_rng(derive_seed(cfg.seed, self.shard_id, 3, self.epoch, worker_id))
-        ext = next(e for e in VIDEO_EXTENSIONS.split(";") if e in sample)
+        ext = next(e for e in VIDEO_EXTENSIONS if e in sample)
         num_available = struct.unpack("<i", sample["frames"])[0]
         indices = frame_indices(cfg, num_available, self.rng.random(cfg.num_frames))
         frames = torch.from_numpy(decode_frames(sample[ext], indices))  # (F, H, W, 3) uint8

@@ -1,4 +1,8 @@
-"""The shards of one split on disk (ARCHITECTURE.md section 1): tar and index paths, sample counts, codec."""
+"""The shards of one split on disk (ARCHITECTURE.md section 1): tar and index paths, sample counts, codec.
+
+`find_shards` is where both loaders start. It refuses, with one line naming the folder or shard and the fix, what
+it can tell is unfinished or damaged without reading the tars; `shard-videos verify` reads every byte.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,19 @@ from pathlib import Path
 
 import torch
 
-VIDEO_EXTENSIONS = "mp4;webm;mkv;avi"
+VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")  # a sample's video member; DALI's reader takes ";".join(...)
 CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI's CPU video decoder reads; NVDEC reads more
 CODEC_ALIASES = {"libvpx": "vp8", "libvpx-vp9": "vp9", "avc": "h264", "avc1": "h264", "libx264": "h264",
                  "h265": "hevc", "libx265": "hevc", "mjpg": "mjpeg"}
+MANIFEST, JOURNAL = "manifest.json", "progress.jsonl"  # written by shard-videos: manifest last, journal first
+
+
+class UnfinishedShards(FileNotFoundError):
+    """A shard folder without manifest.json: the shard-videos run that writes it last did not finish."""
+
+
+class DamagedShard(ValueError):
+    """A shard whose size disagrees with its index or manifest.json, or that manifest.json does not list."""
 
 
 @dataclass(frozen=True)
@@ -29,37 +42,100 @@ class Shards:
 
 
 def find_shards(root: str | Path, split: str) -> Shards:
-    """Locate `<split>-NNNNNN.tar` and their `.idx` files under `root` and read the codec."""
+    """Locate `<split>-NNNNNN.tar` and their `.idx` files under `root`, check them cheaply and read the codec.
+
+    Checked here, at every start, from file sizes, the indexes and manifest.json (no tar is read): the
+    shard-videos run finished (manifest.json exists), every tar has its index, the tars on disk are those
+    manifest.json lists for the split, and each tar's size reaches the end of the last member its index lists
+    (else it was truncated) and equals the size manifest.json records. Not checked here: the sha256 checksums and
+    whether every clip decodes, which read every byte (far too slow at each start for a TB collection);
+    `shard-videos verify` checks those.
+    """
     root = Path(root)
+    manifest = read_manifest(root)
     tars = sorted(root.glob(f"{split}-[0-9]*.tar"))
     if not tars:
         found = sorted({p.name.split("-")[0] for p in root.glob("*-[0-9]*.tar")})
         hint = f"; splits present: {', '.join(found)}" if found else "; make shards with `shard-videos INPUT OUTPUT`"
         raise FileNotFoundError(f"no shards '{split}-*.tar' in {root}{hint}")
+    listed = {s["name"]: s for s in manifest.get("shards", []) if s["name"].startswith(f"{split}-")}
     indexes, sizes = [], []
     for tar in tars:
         index = tar.with_suffix(".idx")
         if not index.is_file():
             raise FileNotFoundError(f"{index} is missing: every shard needs its DALI index; rebuild the shards "
                                     f"with `shard-videos` or run `wds2idx {tar} {index}`")
-        header = index.read_text().split("\n", 1)[0].split()
+        lines = index.read_text().split("\n")
+        header = lines[0].split()
         if len(header) != 2 or not header[1].isdigit():
             raise ValueError(f"{index}: not a DALI webdataset index (first line {' '.join(header)!r})")
+        check_size(tar, index, lines, listed.get(tar.name))
         indexes.append(str(index))
         sizes.append(int(header[1]))
-    return Shards(root, split, [str(t) for t in tars], indexes, sizes, read_codec(root, tars[0], indexes[0]))
+    missing = sorted(set(listed) - {t.name for t in tars})
+    if missing:
+        raise DamagedShard(f"{root}: manifest.json lists {len(missing)} shard(s) not on disk ({missing[0]}, ...); "
+                           f"run `shard-videos verify {root}` and copy the missing shards")
+    return Shards(root, split, [str(t) for t in tars], indexes, sizes, read_codec(manifest, tars[0], indexes[0]))
 
 
-def read_codec(root: Path, tar: Path, index: str) -> str:
-    """Codec of the shards: manifest.json's `codec`, else the first sample's `.json` member."""
-    codec = None
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        codec = json.loads(manifest.read_text()).get("codec")
+def read_manifest(root: Path) -> dict:
+    """manifest.json of a shard folder. A folder with shard-videos output but no manifest is an unfinished run
+    (killed or still running: finished tars, maybe a `.tar.tmp`); both cases without one raise, naming the fix."""
+    path = root / MANIFEST
+    if path.is_file():
+        return json.loads(path.read_text())
+    if (root / JOURNAL).is_file() or any(root.glob("*-[0-9]*.tar*")):
+        raise UnfinishedShards(f"{root} has no {MANIFEST}: the shard-videos run writing it did not finish (killed, "
+                               f"or still running); finish it with `shard-videos {journal_input(root)} {root} "
+                               f"--resume` and the options of the first run")
+    raise FileNotFoundError(f"no shards in {root} (no {MANIFEST}); make them with `shard-videos INPUT {root}`")
+
+
+def journal_input(root: Path) -> str:
+    """The INPUT of the shard-videos run that wrote `root`, from its journal's header; 'INPUT' if unreadable."""
+    try:
+        with open(root / JOURNAL) as f:
+            return str(json.loads(f.readline())["header"]["input"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "INPUT"
+
+
+def index_members(line: str, stride: int) -> list[tuple[str, int, int]]:
+    """(extension, data offset, size) of each member on one sample line of a DALI index."""
+    fields = line.split()
+    return [(fields[i], int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields) - 2, stride)]
+
+
+def index_stride(header: str) -> int:
+    return 4 if header.startswith("v1.2") else 3  # v1.2 adds each member's file name
+
+
+def check_size(tar: Path, index: Path, lines: list[str], listed: dict | None) -> None:
+    """The tar reaches the end of the last member its index lists, and has the size manifest.json records."""
+    size, root = tar.stat().st_size, tar.parent
+    samples = [line for line in lines[1:] if line.strip()]
+    end = max((offset + length for _, offset, length in index_members(samples[-1], index_stride(lines[0]))),
+              default=0) if samples else 0
+    if size < end:
+        raise DamagedShard(f"{tar} is {size} bytes, shorter than its index {index.name} expects ({end} bytes): "
+                           f"the shard is truncated (an interrupted copy?); run `shard-videos verify {root}` and "
+                           f"copy or rebuild the shard")
+    if listed is None:
+        raise DamagedShard(f"{tar} is not listed in {root / MANIFEST} (a file from another run?); run "
+                           f"`shard-videos verify {root}`")
+    if size != listed["bytes"]:
+        raise DamagedShard(f"{tar} is {size} bytes but {MANIFEST} lists {listed['bytes']}: the file changed after "
+                           f"shard-videos wrote it; run `shard-videos verify {root}`")
+
+
+def read_codec(manifest: dict, tar: Path, index: str) -> str:
+    """Codec of the shards: manifest.json's `codec`, else (--codec copy) the first sample's `.json` member."""
+    codec = manifest.get("codec")
     if not codec or codec == "copy":
         codec = first_sample_meta(tar, index).get("codec")
     if not codec:
-        raise ValueError(f"cannot tell the codec of the shards in {root}: neither manifest.json nor the first "
+        raise ValueError(f"cannot tell the codec of the shards in {tar.parent}: neither manifest.json nor the first "
                          f"sample's .json has a 'codec'")
     codec = str(codec).lower()
     return CODEC_ALIASES.get(codec, codec)
@@ -68,10 +144,7 @@ def read_codec(root: Path, tar: Path, index: str) -> str:
 def first_sample_meta(tar: Path, index: str) -> dict:
     """The `.json` member of the first sample, located through the index (no tar scan)."""
     lines = Path(index).read_text().split("\n")
-    stride = 4 if lines[0].startswith("v1.2") else 3  # v1.2 adds each member's file name
-    fields = lines[1].split()
-    for i in range(0, len(fields) - 2, stride):
-        ext, offset, size = fields[i], int(fields[i + 1]), int(fields[i + 2])
+    for ext, offset, size in index_members(lines[1], index_stride(lines[0])):
         if ext == "json":
             with open(tar, "rb") as f:
                 f.seek(offset)

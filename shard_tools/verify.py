@@ -5,6 +5,10 @@ GPU ('mixed', NVDEC) when DALI sees one, else DALI's CPU decoder. DALI's CPU dec
 MJPEG; samples in other codecs on a machine without a GPU are decoded with PyAV instead, and the report says so
 (the pipeline itself could not read them here). A sample passes when it has all its members, its `.json`
 parses, `.frames` and `.label` agree with the json, and the number of decoded frames equals `.frames`.
+
+A folder without manifest.json (an unfinished `shard-videos` run) fails at once. What the loaders check at every
+start (`pipeline.shards.find_shards`: sizes against the indexes and the manifest) is cheap; the sha256 of every
+shard and the decoding of every sample are checked only here.
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.shards import CPU_CODECS, VIDEO_EXTENSIONS, read_manifest
 from shard_tools.tarshard import INDEX_VERSION
 
-VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")
-DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
 BATCH = 8  # samples per DALI run; a failing batch is decoded again sample by sample to name the bad one
 
 
@@ -62,17 +65,11 @@ def verify(out: str | Path, device: str = "auto", num_threads: int = 2, progress
     """Check every shard in `out`; device is 'auto', 'cpu' or 'gpu'."""
     out = Path(out)
     report = Report()
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        listed = json.loads(manifest_path.read_text())["shards"]
-        tars = [out / s["name"] for s in listed]
-        checksums = {s["name"]: s["sha256"] for s in listed}
-        for stray in sorted(set(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) - set(tars)):
-            report.failures.append(Failure(stray.name, "", "shard not listed in manifest.json"))
-    else:
-        tars = sorted(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))
-        checksums = {}
-        report.notes.append(f"no manifest.json in {out} (an unfinished run?): checksums not checked")
+    listed = read_manifest(out)["shards"]  # raises, naming the fix, on an unfinished run
+    tars = [out / s["name"] for s in listed]
+    checksums = {s["name"]: s["sha256"] for s in listed}
+    for stray in sorted(set(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) - set(tars)):
+        report.failures.append(Failure(stray.name, "", "shard not listed in manifest.json"))
     if not tars:
         raise FileNotFoundError(f"no shards (<split>-NNNNNN.tar) in {out}")
     use_gpu = gpu_available() if device == "auto" else device == "gpu"
@@ -82,7 +79,7 @@ def verify(out: str | Path, device: str = "auto", num_threads: int = 2, progress
     task = progress.add_task("verifying", total=len(tars)) if progress else None
     for tar in tars:
         report.shards += 1
-        samples = check_shard(tar, checksums.get(tar.name), report)
+        samples = check_shard(tar, checksums[tar.name], report)
         report.samples += len(samples)
         good = [s for s in samples if check_members(s, report)]
         decoder.check(good, report)
@@ -92,7 +89,7 @@ def verify(out: str | Path, device: str = "auto", num_threads: int = 2, progress
     if pyav:
         report.notes.append(
             f"{sum(pyav.values())} sample(s) in {', '.join(sorted(pyav))} were decoded with PyAV, not with the "
-            f"pipeline's decoder: DALI's CPU decoder reads only {', '.join(DALI_CPU_CODECS)} and DALI sees no GPU "
+            f"pipeline's decoder: DALI's CPU decoder reads only {', '.join(CPU_CODECS)} and DALI sees no GPU "
             f"here. Run `shard-videos verify` on the GPU machine to check them with NVDEC.")
     return report
 
@@ -102,18 +99,17 @@ def gpu_available() -> bool:
     return backend.GetCUDADeviceCount() > 0
 
 
-def check_shard(tar: Path, sha256: str | None, report: Report) -> list[Sample]:
+def check_shard(tar: Path, sha256: str, report: Report) -> list[Sample]:
     """The samples of one shard; shard-level problems (checksum, index) go to the report."""
     if not tar.is_file():
         report.failures.append(Failure(tar.name, "", "shard listed in manifest.json is missing"))
         return []
-    if sha256 is not None:
-        digest = hashlib.sha256()
-        with open(tar, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != sha256:
-            report.failures.append(Failure(tar.name, "", "sha256 differs from manifest.json (the file changed)"))
+    digest = hashlib.sha256()
+    with open(tar, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        report.failures.append(Failure(tar.name, "", "sha256 differs from manifest.json (the file changed)"))
     samples: dict[str, Sample] = {}
     lines: dict[str, list[str]] = defaultdict(list)
     try:
@@ -172,7 +168,7 @@ class Decoder:
         self.pyav_codecs: Counter = Counter()
 
     def check(self, samples: list[Sample], report: Report) -> None:
-        dali = [s for s in samples if self.use_gpu or s.codec in DALI_CPU_CODECS]
+        dali = [s for s in samples if self.use_gpu or s.codec in CPU_CODECS]
         for sample in samples:
             if sample not in dali:
                 self.pyav_codecs[sample.codec] += 1

@@ -64,3 +64,67 @@ def test_yaml_and_overrides(tmp_path):
         apply_overrides({}, ["data.mask_ratio"])
     with pytest.raises(ConfigError, match="not found"):
         load(Outer, tmp_path / "missing.yaml")
+
+
+# --- the train command's config -------------------------------------------------------------------------------
+
+from train.config import TrainConfig, load_train_config  # noqa: E402
+from train.schedule import make_schedule  # noqa: E402
+
+
+def test_shared_keys_are_stated_once_and_checked():
+    cfg = load_train_config(None, ["data.num_frames=8", "model.input_size=112", "model.size=tiny"])
+    assert (cfg.data.num_frames, cfg.model.num_frames) == (8, 8)
+    assert (cfg.data.input_size, cfg.model.input_size) == (112, 112)
+    assert cfg.data.patch_size == cfg.model.patch_size == 16
+    assert load_train_config(None, ["model.size=giant"]).data.patch_size == 14  # the size's patch reaches data
+    assert load_train_config(None, ["run.seed=7"]).data.seed == 7
+    with pytest.raises(ConfigError, match=r"data.num_frames \(8\) and model.num_frames \(16\) disagree"):
+        load_train_config(None, ["data.num_frames=8", "model.num_frames=16"])
+    with pytest.raises(ConfigError, match=r"data.drop_last must be true for training"):
+        load_train_config(None, ["data.drop_last=false"])
+    with pytest.raises(ConfigError, match=r"key 'mode' must be one of \['pretrain'\]"):
+        load_train_config(None, ["mode=pretrian"])
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.base_rl'; did you mean 'optim.base_lr'"):
+        load_train_config(None, ["optim.base_rl=1e-3"])
+    with pytest.raises(ConfigError, match=r"optim.warmup_epochs must be in \[0, optim.epochs = 10\]"):
+        load_train_config(None, ["optim.epochs=10", "optim.warmup_epochs=20"])
+    with pytest.raises(ConfigError, match=r"run.log_every must be >= 1"):
+        load_train_config(None, ["run.log_every=0"])
+    with pytest.raises(ConfigError, match=r"data.mode \('eval'\) and mode \('pretrain'\) disagree"):
+        load_train_config(None, ["data.mode=eval"])
+
+
+def test_bad_yaml_files_are_one_line_naming_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  batch_size: 8\n    mask_ratio: 0.9\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml, line 3 column 15: not valid YAML") as error:
+        load_train_config(broken)
+    assert "\n" not in str(error.value)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- data\n- model\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: the top level must be a mapping .* got a list"):
+        load_train_config(listed)
+    section = tmp_path / "section.yaml"
+    section.write_text("data: 3\n")
+    with pytest.raises(ConfigError, match=r"section.yaml: 'data' must be a mapping"):
+        load_train_config(section)
+
+
+def test_effective_batch_and_the_schedule():
+    cfg = load_train_config(None, ["data.batch_size=8", "data.num_sample=2", "optim.accum_steps=4",
+                                   "optim.epochs=10", "optim.warmup_epochs=2", "optim.base_lr=1e-3",
+                                   "optim.min_lr=1e-5", "optim.warmup_lr=1e-6"])
+    assert cfg.effective_batch == 64
+    schedule = make_schedule(cfg.optim, steps_per_epoch=5, batch_per_step=cfg.effective_batch * 4)  # 4 ranks
+    assert schedule.peak_lr == pytest.approx(1e-3)  # 1e-3 x 256 / 256
+    assert (schedule.warmup_steps, schedule.total_steps) == (10, 50)
+    lrs = [schedule.lr(step) for step in range(50)]
+    assert lrs[0] == pytest.approx(1e-6) and lrs[9] == pytest.approx(1e-3)  # warm-up: both ends included
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay after warm-up
+    assert lrs[10] == pytest.approx(1e-3) and lrs[30] == pytest.approx((1e-3 + 1e-5) / 2)  # the half-way point
+    assert lrs[-1] > 1e-5 and schedule.lr(50) == pytest.approx(1e-5)
+    group = {"lr_scale": 0.5}
+    optimizer = type("Opt", (), {"param_groups": [group]})()
+    assert schedule.apply(optimizer, 9) == pytest.approx(1e-3) and group["lr"] == pytest.approx(5e-4)

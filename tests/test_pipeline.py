@@ -8,6 +8,8 @@ import dataclasses
 import io
 import json
 import shutil
+import statistics
+import struct
 from pathlib import Path
 
 import av
@@ -15,16 +17,20 @@ import numpy as np
 import pytest
 import torch
 from einops import rearrange
+from fixtures_video import truncate
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.config import DataConfig
-from pipeline.graph import RAND_AUGMENT_OPS, MEAN, STD, decode_pipeline
+from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from pipeline.graph import RAND_AUGMENT_OPS, decode_pipeline
 from pipeline.loader import DaliLoader, DecodeError
-from pipeline.reference import ReferenceLoader, decode_frames
+from pipeline.reference import ClipTransform, ReferenceLoader, decode_frames
+from pipeline.shards import DamagedShard, UnfinishedShards, find_shards
 from shard_tools import cli as shard_cli
-from train import bench as bench_cli
-from train.bench_e2e import bench_end_to_end
-from train.bench_loader import bench_decode, bench_loader
+import train.engine as engine
+from train.bench import cli as bench_cli
+from train.bench.e2e import bench_end_to_end, decoded_ahead
+from train.bench.loader import bench_decode, bench_loader
+from train.config import load_train_config
 from shard_tools.synthetic import make_collection
 
 NUM_FRAMES = 40  # per synthetic clip
@@ -84,8 +90,8 @@ def test_pretrain_batches_follow_the_contract(shards):
     batches = epoch_of(loader)
     assert len(batches) == len(loader) == -(-shards["num_clips"] // cfg.batch_size)
     keys = []
-    lows = (0 - torch.tensor(MEAN)) / torch.tensor(STD)
-    highs = (1 - torch.tensor(MEAN)) / torch.tensor(STD)
+    lows = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    highs = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     for batch in batches:
         assert set(batch) == {"video", "mask", "label", "key"}
         video, mask = batch["video"], batch["mask"]
@@ -231,8 +237,8 @@ def test_finetune_graph_randaugment_and_erasing(shards):
     batch = next(iter(DaliLoader(cfg)))
     assert set(batch) == {"video", "label", "key"}
     assert batch["video"].shape == (4, 3, 8, 32, 32)
-    highs = ((1 - torch.tensor(MEAN)) / torch.tensor(STD)).max()
-    lows = ((0 - torch.tensor(MEAN)) / torch.tensor(STD)).min()
+    highs = ((1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).max()
+    lows = ((0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).min()
     outside = (batch["video"] > highs) | (batch["video"] < lows)
     assert outside.any(2).any(-1).any(-1).all()  # every frame got its erased box of normal noise
 
@@ -244,7 +250,7 @@ def test_h264_shards_without_gpu_fail_before_training(videos, tmp_path, shards):
     with pytest.raises(RuntimeError, match=r"h264.*shard-videos .*--codec vp9"):
         DaliLoader(config({"root": root, "split": split}))
     with pytest.raises(RuntimeError, match=r"hold h264.*no CUDA GPU.*--codec vp9"):
-        bench_decode(str(root), split)
+        bench_decode(bench_config(root, split))
     with pytest.raises(RuntimeError, match="decode_device is 'gpu' but CUDA is not available"):
         DaliLoader(config(shards, decode_device="gpu"))
 
@@ -317,7 +323,9 @@ def test_decode_graph_cuts_the_given_box_and_flips(shards):
         outs.append(torch.from_numpy(views.as_array()[0, 0]))  # (C, T, 32, 32)
     frames = torch.from_numpy(dali_frames(data, indices)).float() / 255
     crop = rearrange(frames[:, 8:40, 16:48], "t h w c -> c t h w")
-    expected = (crop - torch.tensor(MEAN).view(3, 1, 1, 1)) / torch.tensor(STD).view(3, 1, 1, 1)
+    # the published ImageNet statistics in RGB order, written out: a swapped channel order in the code shows here
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    expected = (crop - mean.view(3, 1, 1, 1)) / std.view(3, 1, 1, 1)
     assert torch.allclose(outs[0], expected, atol=1e-4)
     assert torch.equal(outs[1], outs[0].flip(-1))
 
@@ -355,6 +363,22 @@ def test_reference_decoder_seeks_to_the_requested_frames(shards):
         assert np.array_equal(decode_frames(data, np.array(indices)), every[indices])
 
 
+@pytest.mark.parametrize("flip", [0, 1])
+def test_reference_loader_normalises_rgb_and_flips_horizontally(shards, monkeypatch, flip):
+    data = first_clip(shards)
+    indices = np.arange(0, 16, 2, dtype=np.int32)
+    box = np.array([[8, 16, 40, 48]], dtype=np.float32)  # 32 x 32: no resampling at input 32
+    monkeypatch.setattr("pipeline.reference.frame_indices", lambda cfg, available, u: indices)
+    monkeypatch.setattr("pipeline.reference.crop_boxes", lambda cfg, h, w, u: (box, np.array([flip], np.int32)))
+    sample = {"webm": data, "frames": struct.pack("<i", NUM_FRAMES), "label": struct.pack("<i", 0), "__key__": "k"}
+    view = ClipTransform(config(shards, flip=True), 0, 0)(sample)["video"][0].numpy()  # (C, T, 32, 32)
+    crop = decode_frames(data, indices)[:, 8:40, 16:48] / 255  # (T, 32, 32, RGB)
+    if flip:
+        crop = np.flip(crop, axis=2)  # mirrored left to right
+    expected = ((crop - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(3, 0, 1, 2)
+    assert np.allclose(view, expected, atol=1e-4)
+
+
 def test_reference_loader_pretrain_layout(shards):
     cfg = config(shards, num_sample=2)
     loader = ReferenceLoader(cfg, num_workers=2)
@@ -368,18 +392,26 @@ def test_reference_loader_pretrain_layout(shards):
         assert (batch["mask"].sum(1) == 4 * 12).all()
 
 
+def bench_config(root, split, *sets: str):
+    """A bench TrainConfig on these shards with the module's small clips (patch 16: the tiny model's)."""
+    return load_train_config(None, [f"data.shards={json.dumps(str(root))}", f"data.split={split}",
+                                    "model.size=tiny", "data.num_frames=8", "data.sampling_rate=2",
+                                    "data.input_size=32", "data.batch_size=2", "data.num_threads=1",
+                                    "data.shuffle_buffer=4", *sets])
+
+
 @pytest.mark.parametrize("loader", ["dali", "reference"])
 def test_bench_loader_measures_clips_and_samples(shards, loader):
-    result = bench_loader(str(shards["root"]), loader, split=shards["split"], batch_size=2, num_frames=8,
-                          sampling_rate=2, input_size=32, num_sample=2, num_threads=1, batches=3, warmup=1,
-                          verbose=False)
+    cfg = bench_config(shards["root"], shards["split"], "data.num_sample=2", f"run.loader={loader}")
+    result = bench_loader(cfg, batches=3, warmup=1, verbose=False)
+    assert result["loader"] == loader and result["num_sample"] == 2
     assert result["clips_per_s"] > 0 and result["samples_per_s"] == pytest.approx(2 * result["clips_per_s"])
     assert "cores" in result["machine"]
 
 
 def test_bench_decode_tries_every_setting_and_names_the_fastest(shards, capsys):
-    result = bench_decode(str(shards["root"]), shards["split"], decode_pipelines=(1, 2), num_threads=(1, 2),
-                          batch_size=2, num_frames=8, sampling_rate=2, input_size=32, batches=2, warmup=1)
+    cfg = bench_config(shards["root"], shards["split"])
+    result = bench_decode(cfg, decode_pipelines=(1, 2), num_threads=(1, 2), batches=2, warmup=1)
     rows = result["rows"]
     assert result["codec"] == "vp9"
     assert result["devices"] == (["gpu", "cpu"] if torch.cuda.is_available() else ["cpu"])
@@ -391,23 +423,103 @@ def test_bench_decode_tries_every_setting_and_names_the_fastest(shards, capsys):
             f"num_threads: {fastest['threads']}") in capsys.readouterr().out
 
 
-def test_bench_end_to_end_counts_every_sample_and_compares_with_the_ceiling(shards, capsys):
-    steps, rows = 3, 2 * 2  # batch 2 clips x num_sample 2
-    result = bench_end_to_end(str(shards["root"]), "tiny", "dali", split=shards["split"], batch_size=2,
-                              num_frames=8, sampling_rate=2, input_size=32, num_sample=2, num_threads=1,
-                              steps=steps, warmup=1)
-    assert result["samples_per_s"] * result["seconds"] == pytest.approx(steps * rows, rel=1e-2)
-    assert result["saturation"] == pytest.approx(result["samples_per_s"] / result["model_only_samples_per_s"],
-                                                 rel=1e-2)
-    assert 0 <= result["data_wait_fraction"] <= 1 and result["decode"] == "cpu"
-    assert "samples/s end to end" in capsys.readouterr().out
+def test_bench_end_to_end_alternates_rounds_of_the_training_step(shards, capsys, monkeypatch):
+    calls = {"loader": 0, "model": 0}
+    real_step = engine.train_step
+
+    def counting_step(model, optimizer, batches, *args, **kwargs):  # loader batches carry their clip keys
+        calls["loader" if "key" in batches[0] else "model"] += 1
+        return real_step(model, optimizer, batches, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", counting_step)
+    steps, warmup, rounds, rows = 2, 1, 3, 2 * 2  # batch 2 clips x num_sample 2
+    cfg = bench_config(shards["root"], shards["split"], "data.num_sample=2")
+    result = bench_end_to_end(cfg, steps=steps, warmup=warmup, rounds=rounds)
+    measured = result["rounds"]
+    assert len(measured) == rounds and result["decode"] == "cpu"
+    for m in measured:
+        assert m["e2e_samples"] == m["model_samples"] == steps * rows
+        assert m["ratio"] == pytest.approx(m["e2e_samples_per_s"] / m["model_samples_per_s"], rel=1e-2)
+        assert 0 <= m["data_wait_fraction"] <= 1
+    assert result["saturation"] == pytest.approx(statistics.median(m["ratio"] for m in measured))
+    assert result["data_wait_fraction"] == pytest.approx(statistics.median(m["data_wait_fraction"]
+                                                                           for m in measured))
+    drain = max(warmup, decoded_ahead(cfg, "dali"))  # each loader round first uses up the prefetched batches
+    assert calls == {"loader": rounds * (drain + steps), "model": rounds * (warmup + steps)}
+    printed = capsys.readouterr().out
+    assert printed.count("round ") == rounds and "samples/s end to end" in printed and "cores" in printed
 
 
 def test_bench_command_prints_its_figure_and_json(capsys):
-    assert bench_cli.main(["masks", "--batch-size", "4", "--num-frames", "4", "--input-size", "32", "--json"]) == 0
+    assert bench_cli.main(["masks", "--batch-size", "4", "--set", "data.num_frames=4", "--set",
+                           "data.input_size=32", "--json"]) == 0
     printed = capsys.readouterr().out.splitlines()
     result = json.loads(printed[-1])
     assert result["rows"] == 4 and result["tokens"] == 2 * 2 * 2 and result["us_per_batch"] > 0
     assert printed[0].startswith("tube masks for 4 x 8 tokens") and "cores" in printed[0]
     with pytest.raises(SystemExit):
         bench_cli.main(["loader"])  # SHARDS is required
+
+
+# --- what find_shards refuses: unfinished runs, truncated or changed shards ------------------------------------
+
+def shard_copy(shards, tmp_path) -> tuple[Path, Path]:
+    root = tmp_path / "copy"
+    shutil.copytree(shards["root"], root)
+    return root, sorted(root.glob("*.tar"))[0]
+
+
+def refused_by_both_loaders(shards, root, error) -> str:
+    """The one-line message find_shards, the DALI loader and the reference loader all raise."""
+    cfg = config({**shards, "root": root})
+    messages = []
+    for start in (lambda: find_shards(root, shards["split"]), lambda: DaliLoader(cfg), lambda: ReferenceLoader(cfg)):
+        with pytest.raises(error) as raised:
+            start()
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1] == messages[2] and "\n" not in messages[0]
+    return messages[0]
+
+
+def test_a_folder_without_manifest_is_an_unfinished_run(shards, videos, tmp_path):
+    root, tar = shard_copy(shards, tmp_path)
+    (root / "manifest.json").unlink()  # what a killed shard-videos leaves: finished tars, one being written
+    tar.with_name(tar.name.replace("000000", "000001") + ".tmp").write_bytes(b"half a shard")
+    message = refused_by_both_loaders(shards, root, UnfinishedShards)
+    assert str(root) in message and "did not finish" in message
+    assert f"shard-videos {videos.resolve()} {root} --resume" in message
+
+
+def last_member_end(index: Path) -> int:
+    fields = [line for line in index.read_text().splitlines() if line][-1].split()
+    return max(int(fields[i + 1]) + int(fields[i + 2]) for i in range(0, len(fields), 4))
+
+
+def test_a_truncated_shard_is_named_with_both_sizes(shards, tmp_path):
+    root, tar = shard_copy(shards, tmp_path)
+    truncate(tar, keep=0.7)
+    message = refused_by_both_loaders(shards, root, DamagedShard)
+    size, end = tar.stat().st_size, last_member_end(tar.with_suffix(".idx"))
+    assert size < end
+    assert f"{tar} is {size} bytes, shorter than its index {tar.stem}.idx expects ({end} bytes)" in message
+    assert f"`shard-videos verify {root}`" in message
+
+
+@pytest.mark.parametrize("change", ["grown", "stray", "listed_missing"])
+def test_a_shard_that_disagrees_with_the_manifest_is_refused(shards, tmp_path, change):
+    root, tar = shard_copy(shards, tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    other = tar.with_name(tar.name.replace("000000", "000007"))
+    if change == "grown":  # the index still fits: only the manifest's size can tell
+        with open(tar, "ab") as f:
+            f.write(bytes(512))
+    elif change == "stray":
+        shutil.copy(tar, other)
+        shutil.copy(tar.with_suffix(".idx"), other.with_suffix(".idx"))
+    else:
+        manifest["shards"].append({**manifest["shards"][0], "name": other.name})
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    message = refused_by_both_loaders(shards, root, DamagedShard)
+    named = {"grown": f"{tar} is {tar.stat().st_size} bytes but manifest.json lists {manifest['shards'][0]['bytes']}",
+             "stray": f"{other} is not listed in", "listed_missing": f"{other.name}"}[change]
+    assert named in message and f"`shard-videos verify {root}`" in message

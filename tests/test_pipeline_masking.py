@@ -22,6 +22,12 @@ def test_tube_mask_exact_count_repeated_over_time(ratio):
     assert not (per_slot[0, 0] == per_slot[1, 0]).all()  # each sample draws its own
 
 
+def test_tube_mask_count_rounds_down_as_videomae():
+    # VideoMAE masks int(ratio * H'W') positions: 0.75 * 49 = 36.75 -> 36 (round() would give 37)
+    per_slot = rearrange(tube_mask(8, time_slots=2, grid=7, ratio=0.75, generator=gen()), "b (t hw) -> b t hw", t=2)
+    assert (per_slot.sum(-1) == 36).all()
+
+
 def test_random_and_frame_masks_have_exact_counts_and_their_structure():
     mask = random_mask(8, 8, 14, 0.9, gen())
     assert (mask.sum(1) == int(0.9 * 1568)).all()

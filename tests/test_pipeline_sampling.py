@@ -1,6 +1,7 @@
 """The shared definitions of frame indices and crop boxes (pipeline/sampling.py) and the config checks."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ import pytest
 from pipeline.config import DataConfig
 from pipeline.sampling import (FIXED_OFFSETS, SPACE_DRAWS, crop_boxes, frame_indices, multiscale_crop_box,
                                random_resized_box, random_window, segment_indices, short_side_crops,
-                               uniform_windows)
+                               space_draws, uniform_windows)
+
+REPO = Path(__file__).resolve().parents[1]
 
 rng = np.random.default_rng(0)
 
@@ -74,6 +77,29 @@ def test_random_resized_crop_respects_area_and_ratio():
     assert box == (0, (400 - 133) // 2, 100, 133)
 
 
+@pytest.mark.parametrize("mode", ["pretrain", "finetune"])
+def test_crop_boxes_are_the_drawn_boxes_as_corners_on_a_non_square_frame(mode):
+    height, width = 240, 320
+    cfg = DataConfig(mode=mode, num_sample=200, input_size=112, rrc_ratio=(1.25, 2.0))  # finetune: wider than tall
+    u = rng.random((cfg.num_views, space_draws(cfg)))
+    corners, _ = crop_boxes(cfg, height, width, u)
+    assert corners.shape == (cfg.num_views, 4) and corners.dtype == np.float32
+    y0, x0, y1, x1 = corners.T  # documented order: (y0, x0, y1, x1)
+    assert (0 <= y0).all() and (y0 < y1).all() and (y1 <= height).all()
+    assert (0 <= x0).all() and (x0 < x1).all() and (x1 <= width).all()
+    box_h, box_w = y1 - y0, x1 - x0
+    if mode == "pretrain":  # sides from the scales of the short side, at most max_distort steps apart
+        sizes = [int(240 * s) for s in cfg.scales]  # 240, 210, 180, 158
+        steps = [abs(sizes.index(h) - sizes.index(w)) for h, w in zip(box_h, box_w)]
+        assert max(steps) <= cfg.max_distort and (box_h != box_w).any()
+        drawn = [multiscale_crop_box(height, width, v[1], v[2], 112, cfg.scales, cfg.max_distort) for v in u]
+    else:  # area fraction in rrc_scale, aspect ratio width / height in rrc_ratio (up to rounding)
+        assert ((box_w / box_h >= 1.25 * 0.98) & (box_w / box_h <= 2.0 * 1.02)).all()
+        assert ((box_h * box_w >= 0.08 * height * width * 0.95) & (box_h * box_w <= height * width)).all()
+        drawn = [random_resized_box(height, width, v[1:], cfg.rrc_scale, cfg.rrc_ratio) for v in u]
+    assert corners.tolist() == [[y, x, y + h, x + w] for y, x, h, w in drawn]
+
+
 def test_short_side_crops_slide_along_the_long_side():
     assert short_side_crops(240, 320, 3) == [(0, 0, 240, 240), (0, 40, 240, 240), (0, 80, 240, 240)]
     assert short_side_crops(320, 240, 1) == [(40, 0, 240, 240)]
@@ -90,6 +116,21 @@ def test_config_level_views_and_flips():
     boxes, flips = crop_boxes(train, 240, 320, u)
     assert boxes.shape == (4, 4) and flips.tolist() == (u[:, 0] < 0.5).astype(int).tolist()
     assert not crop_boxes(DataConfig(flip=False), 240, 320, np.zeros((1, SPACE_DRAWS)))[1].any()
+
+
+def test_imagenet_statistics_are_the_published_rgb_values_defined_once():
+    from model import layers
+    from pipeline import config
+
+    # written out here, not imported: a swapped (BGR) order in the one definition shows
+    assert config.IMAGENET_MEAN == (0.485, 0.456, 0.406) and config.IMAGENET_STD == (0.229, 0.224, 0.225)
+    assert layers.IMAGENET_MEAN is config.IMAGENET_MEAN and layers.IMAGENET_STD is config.IMAGENET_STD
+    for package in ("pipeline", "model", "shard_tools", "train"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path != REPO / "pipeline" / "config.py":
+                text = path.read_text()
+                assert "0.485" not in text and "0.229" not in text, \
+                    f"{path.relative_to(REPO)} spells out the ImageNet statistics: import them from pipeline.config"
 
 
 @pytest.mark.parametrize("changes, key", [

@@ -24,9 +24,13 @@ from fixtures_video import (count_frames, make_hmdb51, make_kinetics, make_ssv2,
                             write_audio_only, write_no_frames, write_random_bytes, write_video,
                             zero_packets)
 
+from pipeline import shards as pipeline_shards
 from shard_tools import cli
+from shard_tools import verify as shard_verify
 from shard_tools.build import ordered_results
+from shard_tools.encode import CODECS, COPY_MUXERS
 from shard_tools.inputs import Clip
+from shard_tools.tarshard import ShardWriter
 from shard_tools.transcode import Result, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +254,63 @@ def test_verify_passes_then_names_a_corrupted_sample(clean, tmp_path, capsys):
     assert f"FAILED {index.with_suffix('.tar').name} {key}:" in err
     assert f"FAILED {index.with_suffix('.tar').name} -: sha256 differs" in err
     assert err.count("FAILED") == 2  # the other samples still pass
+
+
+def test_verify_fails_on_an_unfinished_run(clean, tmp_path, capsys):
+    out = tmp_path / "killed"
+    shutil.copytree(clean, out)
+    (out / "manifest.json").unlink()  # what a killed run leaves: finished shards, no manifest
+    assert shard("verify", out) != 0
+    err = capsys.readouterr().err
+    assert "did not finish" in err and f"{out} --resume" in err and "verified" not in err
+
+
+def rewrite_first_sample(out: Path, change) -> str:
+    """Rewrite the first shard of `out` with `change(members)` applied to its first sample, through the writer
+    shard-videos uses (tar and index), and record the new size and sha256 in manifest.json: only the checks of
+    the members themselves can tell. Returns the sample's key."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["shards"][0]
+    samples = [s for s in read_samples(out) if s["shard"] == entry["name"]]
+    writer = ShardWriter(out, entry["name"].removesuffix(".tar"))
+    for i, sample in enumerate(samples):
+        members = {ext: sample["members"][ext] for ext in sample["order"]}
+        writer.add(sample["key"], list((change(members) if i == 0 else members).items()))
+    entry["bytes"], entry["sha256"] = writer.finish()
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return samples[0]["key"]
+
+
+def with_frames(members: dict, frames: int) -> dict:
+    meta = json.loads(members["json"])
+    meta["num_frames"] = frames  # the json agrees with .frames: only decoding the clip can tell
+    return {**members, "json": json.dumps(meta).encode(), "frames": struct.pack("<i", frames)}
+
+
+@pytest.mark.parametrize("wrong", ["frames", "label"])
+def test_verify_names_a_sample_whose_frames_or_label_member_is_wrong(clean, tmp_path, capsys, wrong):
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    rewrite_first_sample(out, lambda members: members)
+    assert files_of(out) == files_of(clean)  # the rewrite alone changes nothing
+    if wrong == "frames":
+        key = rewrite_first_sample(out, lambda m: with_frames(m, struct.unpack("<i", m["frames"])[0] + 3))
+    else:  # .label disagrees with the json's label_index
+        key = rewrite_first_sample(out, lambda m: {**m, "label": struct.pack("<i", json.loads(m["json"])[
+            "label_index"] + 1)})
+    capsys.readouterr()
+    assert shard("verify", out) == 1
+    err = capsys.readouterr().err
+    first = json.loads((out / "manifest.json").read_text())["shards"][0]["name"]
+    problem = "frames decode, .frames says" if wrong == "frames" else ".frames/.label"
+    assert f"FAILED {first} {key}: " in err and problem in err and err.count("FAILED") == 1
+
+
+def test_shard_member_extensions_and_cpu_codecs_are_defined_once():
+    assert shard_verify.VIDEO_EXTENSIONS is pipeline_shards.VIDEO_EXTENSIONS
+    assert shard_verify.CPU_CODECS is pipeline_shards.CPU_CODECS
+    # every container shard-videos writes (transcoded or --codec copy) is one the readers look for
+    assert {c.extension for c in CODECS.values()} | set(COPY_MUXERS) == set(pipeline_shards.VIDEO_EXTENSIONS)
 
 
 def test_options_resize_cap_frame_rate_and_trim(tmp_path):

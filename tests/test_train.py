@@ -1,0 +1,201 @@
+"""The `train` command on real VP9 shards (tiny model, 8x32x32 clips): the loss goes down, a kill -9 and resume
+ends with the weights of an uninterrupted run, SIGTERM leaves a loadable checkpoint, a second run on the same
+folder is refused, a non-finite loss stops the run naming the step."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import build_from_checkpoint
+from shard_tools import cli as shard_cli
+from shard_tools.synthetic import make_collection
+from train import engine
+from train.checkpoint import CheckpointError, list_checkpoints
+from train.cli import main as train_main
+from train.config import load_train_config
+from train.main import train
+from train.rundir import RunFolder, RunLocked
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = [sys.executable, "-m", "train"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    videos = tmp_path_factory.mktemp("videos")
+    make_collection(videos, num_classes=4, clips_per_class=4, num_frames=24, size=(48, 64), seed=0)
+    out = tmp_path_factory.mktemp("shards")
+    assert shard_cli.main([str(videos), str(out), "--codec", "vp9", "--workers", "1"]) in (0, None)
+    return out
+
+
+def write_config(tmp_path: Path, shards: Path, **run) -> Path:
+    """A tiny pre-training config: 16 clips, batch 2 -> 8 steps per epoch."""
+    settings = {"log_every": 1, "checkpoint_every": 3, **run}
+    text = f"""
+mode: pretrain
+data: {{shards: {shards}, num_frames: 8, sampling_rate: 2, input_size: 32, patch_size: 8, batch_size: 2,
+        num_threads: 1, shuffle_buffer: 4, mask_ratio: 0.75}}
+model: {{size: tiny}}
+optim: {{epochs: 3, warmup_epochs: 1, base_lr: 0.5, min_lr: 0.001, warmup_lr: 0.001}}
+run: {json.dumps(settings)}
+"""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_tiny_model_pretrains_and_its_loss_goes_down(shards, tmp_path):
+    config = write_config(tmp_path, shards)
+    assert train_main(["--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    seen = losses(run)
+    assert len(seen) == 24  # 3 epochs x 8 steps, logged every step
+    assert sum(seen[-6:]) / 6 < 0.9 * sum(seen[:6]) / 6, seen
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 25))
+    assert records[0]["epoch"] == 0 and records[-1]["epoch"] == 2
+    assert all(0 <= r["data_wait"] <= 1 and r["clips_per_s"] > 0 for r in records)
+    assert records[0]["lr"] == pytest.approx(0.001 * 2 / 256)  # warm-up starts at warmup_lr x batch / 256
+    assert max(r["lr"] for r in records) == pytest.approx(0.5 * 2 / 256)  # the peak at the end of warm-up
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000021.pt", "checkpoint-00000024.pt"]
+    model = build_from_checkpoint(run / "checkpoint-00000024.pt")  # a TubeMAE checkpoint the model stage reads
+    assert model.cfg.size == "tiny" and model.cfg.patch_size == 8
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["checkpoint"].endswith("checkpoint-00000024.pt")
+    assert (run / "pictures" / "loss.png").stat().st_size > 0
+    assert (run / "pictures" / "reconstruction-00000024.png").stat().st_size > 0
+    resolved = load_train_config(run / "config.yaml")  # the resolved config reads back as the same config
+    assert resolved == load_train_config(config)
+
+
+# `train` that kills itself with SIGKILL inside its 11th optimizer step: after the checkpoint of step 9, mid-way
+# through an epoch, with nothing flushed or cleaned up (a deterministic kill -9 at a known step).
+KILLED_AT_11 = """
+import os, signal, sys
+import train.engine as engine
+from train.cli import main
+real, calls = engine.train_step, []
+
+def step(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 11:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+engine.train_step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(shards, tmp_path):
+    config = str(write_config(tmp_path, shards, max_steps=14))
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert subprocess.run(TRAIN + ["--config", config, "--out", str(whole)], cwd=ROOT).returncode == 0
+    killer = tmp_path / "killed.py"
+    killer.write_text(KILLED_AT_11)
+    killed = subprocess.run([sys.executable, str(killer), "--config", config, "--out", str(broken)], cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(broken)] == ["checkpoint-00000006.pt", "checkpoint-00000009.pt"]
+    assert (broken / "lock").exists()  # left behind by the killed process
+    resumed = subprocess.run(TRAIN + ["--config", config, "--out", str(broken), "--resume", "auto"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "taking over a stale lock" in resumed.stdout, resumed.stdout
+    assert "resumed from" in resumed.stdout and "checkpoint-00000009.pt" in resumed.stdout, resumed.stdout
+    a, b = weights(whole / "checkpoint-00000014.pt"), weights(broken / "checkpoint-00000014.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()] == \
+        list(range(1, 15))  # the steps redone after the kill are logged once
+    assert losses(broken) == losses(whole)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_write_a_checkpoint_and_exit(shards, tmp_path, signum):
+    config = str(write_config(tmp_path, shards, checkpoint_every=1000))
+    run = tmp_path / "run"
+    script = tmp_path / "signalled.py"  # the signal arrives during the 5th step, as a cluster's preemption would
+    script.write_text(KILLED_AT_11.replace("len(calls) == 11", "len(calls) == 5")
+                      .replace("signal.SIGKILL", f"signal.{signal.Signals(signum).name}"))
+    done = subprocess.run([sys.executable, str(script), "--config", config, "--out", str(run)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signum, done.stdout + done.stderr
+    saved = list_checkpoints(run)
+    assert [p.name for p in saved] == ["checkpoint-00000005.pt"]  # the step in flight finishes, then it stops
+    assert f"stopped by {signal.Signals(signum).name} after step 5" in done.stdout and saved[0].name in done.stdout
+    assert build_from_checkpoint(saved[0]).cfg.size == "tiny"
+    assert not (run / "lock").exists()
+    resumed = subprocess.run(TRAIN + ["--config", config, "--out", str(run), "--resume", "auto",
+                                      "--set", "run.max_steps=6"], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "at step 5" in resumed.stdout, resumed.stdout + resumed.stderr
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    first = RunFolder(tmp_path)
+    first.lock()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "lock").write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+        with pytest.raises(RunLocked, match=f"in use by process {sleeper.pid}"):
+            RunFolder(tmp_path).lock()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    warnings = []
+    taker = RunFolder(tmp_path, warn=warnings.append)
+    taker.lock()  # the holder is dead now: a stale lock
+    assert "stale lock" in warnings[0] and str(sleeper.pid) in warnings[0]
+    assert (tmp_path / "lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch, capsys):
+    cfg = load_train_config(write_config(tmp_path, shards), ["run.log_every=4"])
+    calls = []
+    real = engine.forward_loss
+
+    def poisoned(model, batch, counts):
+        calls.append(1)
+        loss = real(model, batch, counts)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(engine, "forward_loss", poisoned)
+    assert train(cfg, tmp_path / "run", live=False) == 1
+    out = capsys.readouterr().out
+    assert "not finite at step 5" in out  # steps are counted from 1, as in the log lines
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-00000003.pt"]
+    assert "checkpoint-00000003.pt" in out
+
+
+def test_resume_passes_over_a_truncated_checkpoint_and_refuses_another_model(shards, tmp_path, capsys):
+    config = str(write_config(tmp_path, shards, max_steps=6))
+    run = tmp_path / "run"
+    assert train_main(["--config", config, "--out", str(run)]) == 0
+    newest = run / "checkpoint-00000006.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    assert train_main(["--config", config, "--out", str(run), "--resume", str(newest)]) == 2
+    assert "checkpoint-00000006.pt: cannot be read" in capsys.readouterr().err
+    assert train_main(["--config", config, "--out", str(run), "--resume", "auto",
+                       "--set", "run.max_steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "passing over" in out and "checkpoint-00000006.pt" in out and "resumed from" in out
+    assert "checkpoint-00000003.pt" in out
+    assert train_main(["--config", config, "--out", str(run), "--resume", "auto", "--set", "model.embed_dim=64",
+                       "--set", "model.num_heads=2"]) == 2
+    assert "written for another model" in capsys.readouterr().err
+    assert train_main(["--config", config, "--out", str(run)]) == 2
+    assert "already holds checkpoint-00000007.pt" in capsys.readouterr().err

@@ -1,0 +1,7 @@
+"""`python -m train.bench ...` = `bench ...`."""
+
+import sys
+
+from train.bench.cli import main
+
+sys.exit(main())
