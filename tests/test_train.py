@@ -199,3 +199,17 @@ def test_resume_passes_over_a_truncated_checkpoint_and_refuses_another_model(sha
     assert "written for another model" in capsys.readouterr().err
     assert train_main(["--config", config, "--out", str(run)]) == 2
     assert "already holds checkpoint-00000007.pt" in capsys.readouterr().err
+
+
+def test_bench_loop_times_the_train_command_on_held_batches(shards, tmp_path, monkeypatch):
+    from train.bench import loop
+
+    cfg = load_train_config(write_config(tmp_path, shards))
+    calls = []
+    real = loop.loop_round
+    monkeypatch.setattr(loop, "loop_round", lambda *a: calls.append(1) or real(*a))
+    result = loop.bench_loop(cfg, steps=4, warmup=2, rounds=2, batches=2)
+    assert len(calls) == 2 and len(result["rounds"]) == 2
+    ratios = [r["loop_clips_per_s"] / r["model_clips_per_s"] for r in result["rounds"]]
+    assert result["ratio"] == pytest.approx(sum(ratios) / 2, rel=1e-3)  # the median of two
+    assert all(r["loop_clips_per_s"] > 0 for r in result["rounds"])

@@ -71,15 +71,17 @@ class Run:
     start_step: int = 0
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: str | None = None, live: bool | None = None) -> int:
-    """Run `cfg` into `out_dir`; returns the exit code (0 done, 1 failed, 130 / 143 stopped by a signal)."""
+def train(cfg: TrainConfig, out_dir: str | Path, resume: str | None = None, live: bool | None = None,
+          loader=None) -> int:
+    """Run `cfg` into `out_dir`; returns the exit code (0 done, 1 failed, 130 / 143 stopped by a signal).
+    `loader`: batches to train on instead of the loader `cfg` names (`bench loop` passes batches held in memory)."""
     env = distributed.setup(cfg.run.device)
     folder = RunFolder(Path(out_dir), warn=lambda text: print(f"train: {text}", flush=True))
     run = None
     try:
         if env.is_main:
             folder.lock()
-        run = build(cfg, env, folder, live)
+        run = build(cfg, env, folder, live, loader)
         restore(run, resume)
         return fit(run)
     finally:
@@ -89,9 +91,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | None = None, live
         distributed.teardown(env)
 
 
-def build(cfg: TrainConfig, env: distributed.Env, folder: RunFolder, live: bool | None) -> Run:
+def build(cfg: TrainConfig, env: distributed.Env, folder: RunFolder, live: bool | None, loader=None) -> Run:
     precision = resolve_precision(cfg.run.precision, env.device)
-    loader, decode = make_loader(cfg.data, cfg.run.loader, env.device)
+    if loader is None:
+        loader, decode = make_loader(cfg.data, cfg.run.loader, env.device)
+    else:
+        decode = f"nothing ({type(loader).__name__})"
     steps_per_epoch = len(loader) // cfg.optim.accum_steps
     if steps_per_epoch < 1:
         raise ConfigError(f"an epoch of split '{cfg.data.split}' gives {len(loader)} batches of data.batch_size "

@@ -15,10 +15,11 @@ import yaml
 
 from train.bench import __doc__ as COMMANDS
 from train.bench.e2e import bench_end_to_end
+from train.bench.loop import bench_loop
 from train.bench.loader import bench_decode, bench_loader, bench_masks, data_config
 from train.bench.model import bench_model
 from train.build import resolve_device
-from train.config import TrainConfig, load_train_config
+from train.config import TrainConfig, load_train_config, parse_yaml
 from train.engine import resolve_precision
 
 ALIASES = {"size": "model.size", "batch_size": "data.batch_size", "loader": "run.loader"}
@@ -77,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
     counts(e2e, "steps", 10, "timed steps per round of each kind")
     counts(e2e, "warmup", 3, "untimed steps before each timed run")
     counts(e2e, "rounds", 3, "end-to-end and model-alone rounds")
+
+    loop = add("loop", "the train command on batches held in memory, against the model alone: the loop's cost",
+               shards=True, model=True)
+    counts(loop, "steps", 200, "timed steps per round of each kind")
+    counts(loop, "warmup", 10, "untimed steps before each timed run")
+    counts(loop, "rounds", 2, "loop and model-alone rounds")
     return root
 
 
@@ -93,12 +100,12 @@ def settings(a: argparse.Namespace) -> TrainConfig:
     items = overrides(a)
     for item in items:
         try:
-            yaml.safe_load(item.partition("=")[2])
+            parse_yaml(item.partition("=")[2])
         except yaml.YAMLError as e:
             raise ValueError(f"--set {item!r}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     cfg = load_train_config(a.config, items)
     device = resolve_device(cfg.run.device)
-    if a.command in ("model", "e2e"):
+    if a.command in ("model", "e2e", "loop"):
         resolve_precision(cfg.run.precision, device)
     if a.command in ("loader", "decode"):
         data_config(cfg, a.mode)
@@ -119,6 +126,8 @@ def run(cfg: TrainConfig, a: argparse.Namespace) -> dict:
         return bench_decode(cfg, tuple(a.decode_pipelines), tuple(a.threads or ()), a.mode, a.batches, a.warmup)
     if a.command == "masks":
         return bench_masks(cfg, a.repeats)
+    if a.command == "loop":
+        return bench_loop(cfg, a.steps, a.warmup, a.rounds)
     return bench_end_to_end(cfg, a.steps, a.warmup, a.rounds)
 
 
