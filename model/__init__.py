@@ -1,6 +1,7 @@
 """VideoMAE models: pre-training encoder-decoder, fine-tuning classifier, checkpoints, FLOPs."""
 
-from .checkpoint import LoadReport, build_from_checkpoint, export_official, load_weights, save_checkpoint
+from .checkpoint import (LoadReport, build_from_checkpoint, export_huggingface, export_official, load_weights,
+                         save_checkpoint)
 from .classifier import VideoMAEClassifier
 from .config import SIZES, ModelConfig
 from .flops import classifier_flops, pretrain_flops, tube_num_masked
@@ -9,6 +10,6 @@ from .videomae import VideoMAEPretrain, cube_target, videomae_target
 
 __all__ = [
     "SIZES", "LoadReport", "ModelConfig", "VideoMAEClassifier", "VideoMAEPretrain", "build_from_checkpoint",
-    "classifier_flops", "cube_target", "export_official", "load_weights", "param_groups", "pretrain_flops",
-    "save_checkpoint", "tube_num_masked", "videomae_target",
+    "classifier_flops", "cube_target", "export_huggingface", "export_official", "load_weights", "param_groups",
+    "pretrain_flops", "save_checkpoint", "tube_num_masked", "videomae_target",
 ]

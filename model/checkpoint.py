@@ -1,5 +1,5 @@
 """Checkpoints: load official VideoMAE / VideoMAE V2, Hugging Face `transformers` and TubeMAE files into either
-model; save TubeMAE files; export the official layout.
+model; save TubeMAE files; export the official layout and a Hugging Face folder (names: model/huggingface.py).
 
 Layouts read (detected from the keys; `module.`, `_orig_mod.` and `backbone.` prefixes are stripped):
 - official pre-training, a dict under `model`: encoder.patch_embed.proj, encoder.blocks.N.{norm1, attn.qkv,
@@ -7,7 +7,7 @@ Layouts read (detected from the keys; `module.`, `_orig_mod.` and `backbone.` pr
   decoder.blocks.N..., decoder.norm, decoder.head. TubeMAE's `VideoMAEPretrain` uses exactly these names.
 - official fine-tuned, under `module` (or `model`): patch_embed, blocks.N..., fc_norm, head (`VideoMAEClassifier`).
 - Hugging Face (VideoMAEForPreTraining / ForVideoClassification / VideoMAEModel, a state dict, a .safetensors
-  file or a `save_pretrained` folder): per-projection query/key/value are joined into qkv.
+  file or a `save_pretrained` folder): per-projection query/key/value are joined into qkv (model/huggingface.py).
 - TubeMAE: {"model": official-layout state dict, "tubemae": {"version": 1, "kind": "pretrain" | "classifier",
   "config": ModelConfig fields, "num_classes": int | None}} plus what the trainer adds (optimizer, step, ...).
   The official code loads these files as they are.
@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import os
 import pickle
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,18 +34,11 @@ from torch import nn
 
 from .classifier import VideoMAEClassifier
 from .config import ModelConfig
+from .huggingface import huggingface_config, huggingface_to_official, official_to_huggingface
 from .videomae import VideoMAEPretrain
 
 FORMAT_VERSION = 1
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.")
-# Hugging Face names inside one transformer layer -> official names inside one block
-_HF_BLOCK = {
-    "attention.output.dense": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-}
 
 
 @dataclass
@@ -139,48 +131,6 @@ def state_dict_of(obj: dict) -> tuple[dict[str, torch.Tensor], str]:
         sd = {("encoder." + k if k.startswith(("patch_embed.", "blocks.", "norm.")) else k): v
               for k, v in sd.items()}
     return sd, layout
-
-
-def huggingface_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face VideoMAE names -> official names (query/key/value joined into qkv, key bias dropped: zero)."""
-    out: dict[str, torch.Tensor] = {}
-    attention: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in sd.items():
-        k = key.removeprefix("videomae.")
-        layer = re.fullmatch(r"(encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)", k)
-        if layer:
-            block = f"{'encoder' if layer[1] == 'encoder.layer' else 'decoder'}.blocks.{layer[2]}"
-            rest = layer[3]
-            if rest.startswith("attention.attention."):
-                attention.setdefault(block, {})[rest.removeprefix("attention.attention.")] = value
-                continue
-            for hf, official in _HF_BLOCK.items():
-                if rest.startswith(hf + "."):
-                    out[f"{block}.{official}{rest[len(hf):]}"] = value
-                    break
-            else:
-                out[key] = value  # unknown: reported as unexpected
-        elif k.startswith("embeddings.patch_embeddings.projection."):
-            out["encoder.patch_embed.proj." + k.rsplit(".", 1)[1]] = value
-        elif k.startswith("layernorm."):
-            out["encoder.norm." + k.rsplit(".", 1)[1]] = value
-        elif k.startswith("classifier."):
-            out["head." + k.rsplit(".", 1)[1]] = value
-        else:
-            out[k] = value  # encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm
-    weights = ("query.weight", "key.weight", "value.weight")
-    biases = {"query.bias": "q_bias", "q_bias": "q_bias", "value.bias": "v_bias", "v_bias": "v_bias"}
-    for block, parts in attention.items():
-        absent = [n for n in weights if n not in parts]
-        if absent:
-            raise ValueError(f"Hugging Face checkpoint: {block} lacks attention.attention.{absent[0]}")
-        out[f"{block}.attn.qkv.weight"] = torch.cat([parts[n] for n in weights])
-        for name, value in parts.items():  # files on the Hub store q_bias / v_bias, transformers 5 query.bias
-            if name in biases:
-                out[f"{block}.attn.{biases[name]}"] = value
-            elif name not in weights:
-                out[f"{block}.attention.attention.{name}"] = value  # reported as unexpected
-    return out
 
 
 def _for_model(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -291,10 +241,25 @@ def export_official(path: str | os.PathLike, model: nn.Module) -> None:
     _save({key: cpu_state_dict(model)}, path)
 
 
-def build_from_checkpoint(source: str | os.PathLike | dict) -> nn.Module:
-    """The model stored in a TubeMAE checkpoint, built from its config and loaded (strict)."""
+def export_huggingface(path: str | os.PathLike, model: nn.Module, class_names: list[str] | None = None) -> None:
+    """Write a Hugging Face `save_pretrained` folder (config.json, model.safetensors) that
+    `VideoMAEForPreTraining.from_pretrained` (pre-training) or `VideoMAEForVideoClassification.from_pretrained`
+    (classifier, `class_names` as its id2label) loads; what transformers cannot hold is in model/huggingface.py."""
+    model = unwrap(model)
+    config = huggingface_config(model, class_names)  # before writing anything: it checks what can be exported
+    from safetensors.torch import save_file  # a dependency of transformers
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    save_file(official_to_huggingface(cpu_state_dict(model)), folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def build_from_checkpoint(source: str | os.PathLike | dict, name: str | None = None) -> nn.Module:
+    """The model stored in a TubeMAE checkpoint, built from its config and loaded (strict). `name`: what errors
+    call the checkpoint when `source` is its dict, already read."""
     obj = read_checkpoint(source)
-    name = source if not isinstance(source, dict) else "<dict>"
+    name = name or (source if not isinstance(source, dict) else "<dict>")
     header = obj.get("tubemae")
     if not isinstance(header, dict):
         raise ValueError(f"{name} is not a TubeMAE checkpoint (no 'tubemae' entry): build the model with its size "

@@ -21,8 +21,14 @@ class DataConfig:
 
     # temporal sampling
     num_frames: int = 16
-    sampling_rate: int = 4  # 4 for Kinetics-like data, 2 for SSv2-like
-    sampler: Literal["random", "segment"] = "random"  # segment: one frame per equal segment (SSv2 fine-tuning)
+    sampling_rate: int = 4  # r: 4 for Kinetics-like data, 2 for SSv2 pre-training; the segment sampler has none
+    # which frames, following the official VideoMAE datasets in each mode (pipeline/sampling.py has the table):
+    # random: a window of num_frames * r frames; pre-training every r-th frame from a random start (official
+    #   pre-training), fine-tuning num_frames linspace points over a random window (official Kinetics, UCF101,
+    #   HMDB51 fine-tuning), eval test_num_segment windows of every r-th frame spread over the clip;
+    # segment: num_frames segments of n // num_frames frames, a random frame of each (official SSv2 fine-tuning),
+    #   eval the segment starts, then the midpoints (official SSv2 test with test_num_segment 2)
+    sampler: Literal["random", "segment"] = "random"
 
     # spatial augmentation
     input_size: int = 224
@@ -45,7 +51,7 @@ class DataConfig:
     # repeated sampling and evaluation views
     num_sample: int = 1  # crops (and masks) per decoded clip; a batch holds batch_size * num_sample rows
     test_num_segment: int = 5  # eval: temporal clips evenly spaced over the video
-    test_num_crop: int = 3  # eval: spatial crops along the long side after a short-side resize
+    test_num_crop: int = 3  # eval: crops along the long side after resizing the short side to input_size
 
     # execution
     batch_size: int = 8  # decoded clips per batch

@@ -10,7 +10,7 @@
 Decode graph, per clip (eval decodes test_num_segment windows at once and slices them):
 
     encoded --decoders.video(frames=indices)--> F x H x W x C uint8
-      for each view v: [window] --resize(roi=box_v, size=input)--> [RandAugment]
+      for each view v: [window] --resize(roi=box_v, size=input, antialias in pretrain only)--> [RandAugment]
                        --normalise, mirror=flip_v--> C x T x S x S
     stack views --> V x C x T x S x S   (the loader reshapes B x V x ... to (B*V) x ... without a copy)
 """
@@ -24,7 +24,7 @@ from nvidia.dali.auto_aug import rand_augment
 from nvidia.dali.auto_aug.core import select, signed_bin
 
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from pipeline.sampling import derive_seed, space_draws
+from pipeline.sampling import derive_seed, resize_antialias, space_draws
 from pipeline.shards import VIDEO_EXTENSIONS, Shards
 
 OUTPUT_TYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}  # bf16: cast in torch
@@ -50,6 +50,7 @@ def reader_pipeline(cfg: DataConfig, shards: Shards, shard_id: int, num_shards: 
             dtypes=[types.UINT8, types.INT32, types.INT32, types.UINT8],
             missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
             pad_last_batch=True,  # every epoch ends on a batch boundary; the loader drops the padding
+            dont_use_mmap=True,  # a shard truncated during a run: a read error the loader names, not SIGBUS
             seed=derive_seed(cfg.seed, shard_id, 5), **order)
         u_time = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_frames])
         u_space = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_views, space_draws(cfg)])
@@ -72,6 +73,7 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
     """
     augmenting = cfg.rand_augment_ops > 0
     size = [cfg.input_size, cfg.input_size]
+    antialias = resize_antialias(cfg)
 
     @pipeline_def(enable_conditionals=augmenting)
     def graph():
@@ -90,7 +92,7 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
                 t = v // cfg.test_num_crop
                 clip = frames[t * cfg.num_frames:(t + 1) * cfg.num_frames]
             clip = fn.resize(clip, roi_start=boxes[v, 0:2], roi_end=boxes[v, 2:4], size=size,
-                             interp_type=types.INTERP_LINEAR, antialias=True)  # T x S x S x C uint8
+                             interp_type=types.INTERP_LINEAR, antialias=antialias)  # T x S x S x C uint8
             for level in range(cfg.rand_augment_ops):  # the same ops for every frame
                 magnitude = signed_bin(cfg.rand_augment_m, random_sign=augment[v, level, 1])
                 clip = select(RAND_AUGMENT_OPS, augment[v, level, 0], data=clip, magnitude_bin=magnitude,

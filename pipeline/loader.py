@@ -29,7 +29,7 @@ from pipeline.config import DataConfig
 from pipeline.graph import RAND_AUGMENT_OPS, decode_pipeline, reader_pipeline
 from pipeline.masking import draw_masks, random_erase
 from pipeline.sampling import augment_choices, crop_boxes, derive_seed, frame_indices
-from pipeline.shards import check_decodable, find_shards, resolve_decode_device
+from pipeline.shards import DamagedShard, check_unchanged, choose_decode_device, find_shards
 
 
 class DecodeError(RuntimeError):
@@ -87,11 +87,10 @@ class DaliLoader:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.decode_device = resolve_decode_device(cfg.decode_device)
+        self.shards = find_shards(cfg.shards, cfg.split)
+        self.decode_device = choose_decode_device(cfg.decode_device, self.shards)
         if self.decode_device == "gpu" and self.device.type != "cuda":
             raise ValueError(f"decode_device 'gpu' needs a CUDA training device, got {self.device}")
-        self.shards = find_shards(cfg.shards, cfg.split)
-        check_decodable(self.shards, self.decode_device)
 
         # This rank's part of the samples (DALI splits the global sample order into contiguous parts) and the
         # batches of each epoch: the reader pads every part to the same number of batches.
@@ -132,6 +131,7 @@ class DaliLoader:
         return sum(1 for rows in self._plan if rows)
 
     def __iter__(self):
+        self._check_shards()  # before the reader touches them again
         if self._active:  # the previous epoch was left unfinished: drop the rest of it
             self._finish_epoch()
         return self
@@ -166,13 +166,13 @@ class DaliLoader:
         """The next batch of this epoch from the reader graph, with its sampling decided; None at epoch end."""
         out, rows = None, 0
         while self._reader_pos < len(self._plan) and not rows:
-            out = self._reader.run()
+            out = self._run_reader()
             rows = self._plan[self._reader_pos]
             self._reader_pos += 1
         if not rows:
             return None
         while self._reader_pos < len(self._plan) and not any(self._plan[self._reader_pos:]):
-            self._reader.run()  # nothing more to yield this epoch: run the reader to the epoch's end
+            self._run_reader()  # nothing more to yield this epoch: run the reader to the epoch's end
             self._reader_pos += 1
         encoded, frames, labels, metas, u_time, u_space = out
         inputs = {"encoded": [], "indices": [], "boxes": [], "flips": []}
@@ -197,6 +197,26 @@ class DaliLoader:
             sizes.append((height, width))
         labels = np.array([int(np.asarray(labels[i])[0]) for i in range(rows)], dtype=np.int64)
         return _Batch(inputs, keys, sources, labels, sizes, self._reader_state())
+
+    def _run_reader(self):
+        """One batch of the reader graph; a reader error caused by a shard that changed on disk names the shard."""
+        try:
+            return self._reader.run()
+        except RuntimeError as error:
+            self._check_shards()
+            raise
+
+    def _check_shards(self) -> None:
+        """Each tar still has its size at start (one stat each; `pipeline.shards.check_unchanged`). Not even
+        on_error: skip goes on without a shard: the reader's sample order, every rank's part, the epoch length
+        and the exact-resume state are all fixed by the shard list the reader was built with."""
+        try:
+            check_unchanged(self.shards)
+        except DamagedShard as error:
+            if self.cfg.on_error != "skip":
+                raise
+            raise DamagedShard(f"{error} (on_error: skip drops clips that fail to decode, not a shard that changes "
+                               f"during the run)") from None
 
     def _reader_state(self) -> dict:
         return {"reader": self._reader.checkpoint(), "epoch": self.epoch, "reader_pos": self._reader_pos,
@@ -229,7 +249,7 @@ class DaliLoader:
         """Drop what is in flight, run the reader to the end of the epoch and start the next one."""
         self._discard_in_flight()
         while self._reader_pos < len(self._plan):
-            self._reader.run()
+            self._run_reader()
             self._reader_pos += 1
         self.epoch += 1
         self._reader_pos = 0

@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from pipeline.loader import _rank_and_world
 from pipeline.masking import draw_masks, random_erase
-from pipeline.sampling import crop_boxes, derive_seed, frame_indices, space_draws
+from pipeline.sampling import crop_boxes, derive_seed, frame_indices, resize_antialias, space_draws
 from pipeline.shards import VIDEO_EXTENSIONS, find_shards
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # broadcast over (C, T, H, W)
@@ -66,6 +66,26 @@ def _decode(container, stream, wanted, last, rate, base, start, seek_to) -> dict
     return got
 
 
+def resize_box(frames: torch.Tensor, box: np.ndarray, size: int, antialias: bool) -> torch.Tensor:
+    """The box (y0, x0, y1, x1) of (T, 3, H, W) float frames resized to (T, 3, size, size), as DALI's ROI resize.
+
+    With antialias (pre-training boxes are whole pixels): the cut-out box, resized. Without: bilinear samples of
+    the whole frame at the box's size x size grid of pixel centres, so fractional boxes (eval views) and the
+    pixels just outside the box count as in DALI, and as in the official resize-then-crop test views.
+    """
+    y0, x0, y1, x1 = (float(c) for c in box)
+    if antialias:
+        crop = frames[:, :, int(y0):int(y1), int(x0):int(x1)]
+        return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    height, width = frames.shape[-2:]
+    centres = (torch.arange(size) + 0.5) / size  # (size,) fractions of the box
+    ys = (y0 + centres * (y1 - y0)) / height * 2 - 1  # grid_sample's [-1, 1] spans the frame's outer edges
+    xs = (x0 + centres * (x1 - x0)) / width * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (size, size, 2) as (x, y)
+    return F.grid_sample(frames, grid.expand(len(frames), -1, -1, -1), mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
 class ClipTransform:
     """One webdataset sample -> {'video': V x C x T x S x S, 'label', 'key'} (runs in a DataLoader worker)."""
 
@@ -90,14 +110,13 @@ class ClipTransform:
         height, width = frames.shape[1:3]
         boxes, flips = crop_boxes(cfg, height, width, self.rng.random((cfg.num_views, space_draws(cfg))))
         views = []
-        for v, ((y0, x0, y1, x1), flip) in enumerate(zip(boxes.astype(int), flips)):
+        for v, (box, flip) in enumerate(zip(boxes, flips)):
             clip = frames
             if cfg.mode == "eval":
                 t = v // cfg.test_num_crop
                 clip = frames[t * cfg.num_frames:(t + 1) * cfg.num_frames]
-            clip = clip[:, y0:y1, x0:x1].permute(0, 3, 1, 2).float()  # (T, 3, h, w)
-            clip = F.interpolate(clip, size=(cfg.input_size, cfg.input_size), mode="bilinear", antialias=True,
-                                 align_corners=False)
+            clip = clip.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+            clip = resize_box(clip, box, cfg.input_size, resize_antialias(cfg))
             clip = clip.round().clamp(0, 255).to(torch.uint8)
             if self.rand_augment is not None:
                 clip = self.rand_augment(clip)  # one choice of ops for all frames

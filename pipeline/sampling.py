@@ -2,7 +2,17 @@
 
 Every function here is deterministic: randomness comes in as uniform draws in [0, 1), made by DALI's random
 operators in the DALI graph (so pipeline checkpoints restore them) and by a numpy Generator in the reference
-loader. Boxes are (y0, x0, height, width) in pixels of the decoded frame.
+loader. Boxes are (y0, x0, height, width) in pixels of the decoded frame (fractional for the eval views).
+
+Each mode follows the official VideoMAE datasets (MCG-NJU/VideoMAE kinetics.py, ssv2.py), so fine-tuned
+accuracies compare with the paper's:
+
+| sampler | pretrain | finetune | eval |
+| --- | --- | --- | --- |
+| random | `random_window`: stride r | `dense_window`: linspace over T r frames | `uniform_windows`: stride r |
+| segment | `segment_indices` | `segment_indices`: random frame of each n // T | `segment_windows`: starts, midpoints |
+
+Eval crops (`eval_crop_boxes`): short side resized to input_size without antialias, squares along the long side.
 """
 
 from __future__ import annotations
@@ -39,6 +49,15 @@ def _pick(u: float, n: int) -> int:
 
 # --- time -------------------------------------------------------------------------------------------------
 
+def evenly_spaced(slack: int, count: int) -> list[int]:
+    """`count` offsets from 0 to `slack` as the official test views take them, int(k * (slack / (count - 1)));
+    one view takes the middle (the official code divides by zero there)."""
+    if count == 1:
+        return [slack // 2]
+    step = slack / (count - 1)
+    return [int(k * step) for k in range(count)]
+
+
 def random_window(num_available: int, u: float, num_frames: int, sampling_rate: int) -> np.ndarray:
     """`num_frames` indices `sampling_rate` apart from a random start (VideoMAE pre-training sampling).
 
@@ -52,40 +71,64 @@ def random_window(num_available: int, u: float, num_frames: int, sampling_rate: 
     return np.minimum(start + sampling_rate * np.arange(num_frames), last).astype(np.int32)
 
 
-def segment_indices(num_available: int, u: np.ndarray | None, num_frames: int) -> np.ndarray:
-    """One frame per equal segment of the clip (TSN / SSv2 sampling); `u=None` takes each segment's middle."""
+def dense_window(num_available: int, u: float, num_frames: int, sampling_rate: int) -> np.ndarray:
+    """`num_frames` points of linspace(start, start + span, num_frames), span = num_frames * sampling_rate,
+    truncated, the end point clipped to start + span - 1 (VideoMAE fine-tuning on Kinetics, UCF101, HMDB51:
+    about, not exactly, `sampling_rate` apart). The start is uniform in [0, n - span - 1].
+
+    A clip of at most `span` frames: n // sampling_rate points of linspace(0, n), the rest n, all clipped to
+    the last frame n - 1 (so a clip shorter than `sampling_rate` frames gives its last frame only).
+    """
     num_available = max(num_available, 1)
-    segment = (num_available - 1) / num_frames
-    bounds = np.round(segment * np.arange(num_frames + 1)).astype(np.int64)
-    start, end = bounds[:-1], bounds[1:]
-    if u is None:
-        index = (start + end) // 2
-    else:
-        index = start + np.minimum((np.asarray(u[:num_frames]) * (end - start + 1)).astype(np.int64), end - start)
-    return index.astype(np.int32)
+    span = num_frames * sampling_rate
+    if num_available <= span:
+        spread = np.linspace(0, num_available, num_available // sampling_rate)
+        points = np.concatenate([spread, np.full(num_frames - len(spread), num_available)])
+        return np.clip(points, 0, num_available - 1).astype(np.int32)
+    start = _pick(u, num_available - span)
+    points = np.linspace(start, start + span, num_frames)
+    return np.clip(points, start, start + span - 1).astype(np.int32)
+
+
+def segment_indices(num_available: int, u: np.ndarray, num_frames: int) -> np.ndarray:
+    """One random frame per segment (TSN sampling, VideoMAE fine-tuning on SSv2): segment k holds frames
+    [k L, (k + 1) L - 1] with L = n // num_frames; the last n - num_frames L frames are never taken.
+
+    A clip shorter than `num_frames` has segments of n / num_frames frames: index int(n (k + u_k) / T), where
+    the official code takes frame 0 every time.
+    """
+    num_available = max(num_available, 1)
+    u = np.asarray(u[:num_frames])  # (num_frames,)
+    length = num_available // num_frames
+    if length:
+        firsts = np.arange(num_frames) * length  # (num_frames,) each segment's first frame
+        return (firsts + np.minimum((u * length).astype(np.int64), length - 1)).astype(np.int32)
+    points = (np.arange(num_frames) + u) * num_available / num_frames
+    return np.minimum(points.astype(np.int64), num_available - 1).astype(np.int32)
 
 
 def uniform_windows(num_available: int, num_frames: int, sampling_rate: int, num_clips: int) -> np.ndarray:
     """`num_clips` windows evenly spaced over the clip, concatenated: (num_clips * num_frames,) indices.
 
-    Each window is `num_frames` consecutive entries of the strided sequence 0, r, 2r, ... (evaluation).
+    Each window is `num_frames` consecutive entries of the strided sequence 0, r, 2r, ... padded with its last
+    entry to `num_frames`, starting at `evenly_spaced` offsets (the official Kinetics test views).
     """
     num_available = max(num_available, 1)
     strided = np.arange(0, num_available, sampling_rate)
     slack = max(len(strided) - num_frames, 0)
-    if num_clips == 1:
-        starts = [slack // 2]
-    else:
-        starts = [int(k * slack / (num_clips - 1)) for k in range(num_clips)]
-    windows = [strided[np.minimum(s + np.arange(num_frames), len(strided) - 1)] for s in starts]
+    windows = [strided[np.minimum(s + np.arange(num_frames), len(strided) - 1)]
+               for s in evenly_spaced(slack, num_clips)]
     return np.concatenate(windows).astype(np.int32)
 
 
 def segment_windows(num_available: int, num_frames: int, num_clips: int) -> np.ndarray:
-    """Evaluation with the segment sampler: clip k takes the point (k + 0.5) / num_clips of every segment."""
-    windows = [segment_indices(num_available, np.full(num_frames, (k + 0.5) / num_clips), num_frames)
-               for k in range(num_clips)]
-    return np.concatenate(windows)
+    """Test views of the segment sampler: view k of K takes the point k / K of each of `num_frames` equal
+    segments of n / num_frames frames, int(n (t K + k) / (T K)): segment starts for K = 1, then midpoints for
+    K = 2 (the official SSv2 test, which offers no K > 2). (K * num_frames,) indices, view by view.
+    """
+    num_available = max(num_available, 1)
+    points = np.arange(num_frames)[None, :] * num_clips + np.arange(num_clips)[:, None]  # (K, T), in n / (T K)
+    return (points * num_available // (num_frames * num_clips)).reshape(-1).astype(np.int32)
 
 
 # --- space ------------------------------------------------------------------------------------------------
@@ -131,17 +174,27 @@ def random_resized_box(height: int, width: int, u: np.ndarray, scale: tuple[floa
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def short_side_crops(height: int, width: int, num_crops: int) -> list[tuple[int, int, int, int]]:
-    """Square crops of the short side's length, evenly spaced along the long side (evaluation views)."""
-    side = min(height, width)
-    slack = max(height, width) - side
-    if num_crops == 1:
-        starts = [slack // 2]
-    else:
-        starts = [int(k * slack / (num_crops - 1)) for k in range(num_crops)]
-    if height >= width:
-        return [(s, 0, side, side) for s in starts]
-    return [(0, s, side, side) for s in starts]
+def eval_crop_boxes(height: int, width: int, input_size: int, num_crops: int) -> list[tuple[float, ...]]:
+    """The official test views of a frame: resized (bilinear, no antialias) to short side `input_size` and long
+    side int(input_size * long / short), then `num_crops` squares of `input_size` along the long side at
+    `evenly_spaced` offsets. Returned as the boxes (y0, x0, h, w) of the original frame those squares cover
+    (fractional), so a ROI resize of each box to `input_size` without antialias gives the same pixels.
+    """
+    short, long = min(height, width), max(height, width)
+    resized_long = input_size * long // short
+    scale_long, scale_short = long / resized_long, short / input_size  # original pixels per resized pixel
+    boxes = []
+    for start in evenly_spaced(resized_long - input_size, num_crops):
+        along, extent = start * scale_long, input_size * scale_long
+        boxes.append((along, 0.0, extent, input_size * scale_short) if height >= width
+                     else (0.0, along, input_size * scale_short, extent))
+    return boxes
+
+
+def resize_antialias(cfg: DataConfig) -> bool:
+    """Whether crops are resized with antialiasing: the official pre-training resizes with PIL (antialiased),
+    fine-tuning with torch `interpolate` and the test with cv2 linear (neither antialiased)."""
+    return cfg.mode == "pretrain"
 
 
 def rand_augment_choices(u: np.ndarray, num_ops: int) -> np.ndarray:
@@ -155,14 +208,16 @@ def rand_augment_choices(u: np.ndarray, num_ops: int) -> np.ndarray:
 # --- per sample, from the config ---------------------------------------------------------------------------
 
 def frame_indices(cfg: DataConfig, num_available: int, u_time: np.ndarray) -> np.ndarray:
-    """Frame indices to decode for one clip: (num_frames,), or (test_num_segment * num_frames,) in eval."""
+    """Frame indices to decode for one clip: (num_frames,), or (test_num_segment * num_frames,) in eval, by
+    sampler and mode as the module's table says."""
     if cfg.mode == "eval":
         if cfg.sampler == "segment":
             return segment_windows(num_available, cfg.num_frames, cfg.test_num_segment)
         return uniform_windows(num_available, cfg.num_frames, cfg.sampling_rate, cfg.test_num_segment)
     if cfg.sampler == "segment":
         return segment_indices(num_available, u_time, cfg.num_frames)
-    return random_window(num_available, float(u_time[0]), cfg.num_frames, cfg.sampling_rate)
+    window = random_window if cfg.mode == "pretrain" else dense_window
+    return window(num_available, float(u_time[0]), cfg.num_frames, cfg.sampling_rate)
 
 
 def crop_boxes(cfg: DataConfig, height: int, width: int, u_space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +227,7 @@ def crop_boxes(cfg: DataConfig, height: int, width: int, u_space: np.ndarray) ->
     v % test_num_crop.
     """
     if cfg.mode == "eval":
-        boxes = short_side_crops(height, width, cfg.test_num_crop) * cfg.test_num_segment
+        boxes = eval_crop_boxes(height, width, cfg.input_size, cfg.test_num_crop) * cfg.test_num_segment
         flips = [0] * len(boxes)
     else:
         boxes, flips = [], []

@@ -7,6 +7,7 @@ it can tell is unfinished or damaged without reading the tars; `shard-videos ver
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Shards:
     indexes: list[str]
     sizes: list[int]  # samples per tar, from the index headers
     codec: str
+    tar_bytes: list[int]  # size of each tar at start (checked against manifest.json): `check_unchanged` compares
 
     @property
     def num_samples(self) -> int:
@@ -49,7 +51,7 @@ def find_shards(root: str | Path, split: str) -> Shards:
     manifest.json lists for the split, and each tar's size reaches the end of the last member its index lists
     (else it was truncated) and equals the size manifest.json records. Not checked here: the sha256 checksums and
     whether every clip decodes, which read every byte (far too slow at each start for a TB collection);
-    `shard-videos verify` checks those.
+    `shard-videos verify` checks those. The loader repeats the size check at every epoch (`check_unchanged`).
     """
     root = Path(root)
     manifest = read_manifest(root)
@@ -59,7 +61,7 @@ def find_shards(root: str | Path, split: str) -> Shards:
         hint = f"; splits present: {', '.join(found)}" if found else "; make shards with `shard-videos INPUT OUTPUT`"
         raise FileNotFoundError(f"no shards '{split}-*.tar' in {root}{hint}")
     listed = {s["name"]: s for s in manifest.get("shards", []) if s["name"].startswith(f"{split}-")}
-    indexes, sizes = [], []
+    indexes, sizes, tar_bytes = [], [], []
     for tar in tars:
         index = tar.with_suffix(".idx")
         if not index.is_file():
@@ -69,14 +71,30 @@ def find_shards(root: str | Path, split: str) -> Shards:
         header = lines[0].split()
         if len(header) != 2 or not header[1].isdigit():
             raise ValueError(f"{index}: not a DALI webdataset index (first line {' '.join(header)!r})")
-        check_size(tar, index, lines, listed.get(tar.name))
+        tar_bytes.append(check_size(tar, index, lines, listed.get(tar.name)))
         indexes.append(str(index))
         sizes.append(int(header[1]))
     missing = sorted(set(listed) - {t.name for t in tars})
     if missing:
         raise DamagedShard(f"{root}: manifest.json lists {len(missing)} shard(s) not on disk ({missing[0]}, ...); "
                            f"run `shard-videos verify {root}` and copy the missing shards")
-    return Shards(root, split, [str(t) for t in tars], indexes, sizes, read_codec(manifest, tars[0], indexes[0]))
+    return Shards(root, split, [str(t) for t in tars], indexes, sizes, read_codec(manifest, tars[0], indexes[0]),
+                  tar_bytes)
+
+
+def check_unchanged(shards: Shards) -> None:
+    """Every tar is still there with the size it had at start (one stat each: cheap at every epoch start).
+    DamagedShard naming the first that was deleted, truncated or rewritten since `find_shards`."""
+    fix = (f"run `shard-videos verify {shards.root}`, restore the shard, then resume from the last checkpoint "
+           f"(train --resume auto)")
+    for tar, start in zip(shards.tars, shards.tar_bytes, strict=True):
+        try:
+            size = Path(tar).stat().st_size
+        except FileNotFoundError:
+            raise DamagedShard(f"{tar} was deleted while the run was reading the shards; {fix}") from None
+        if size != start:
+            raise DamagedShard(f"{tar} is now {size} bytes, {start} when the run started: it was truncated or "
+                               f"rewritten while the run was reading it; {fix}")
 
 
 def read_manifest(root: Path) -> dict:
@@ -111,8 +129,9 @@ def index_stride(header: str) -> int:
     return 4 if header.startswith("v1.2") else 3  # v1.2 adds each member's file name
 
 
-def check_size(tar: Path, index: Path, lines: list[str], listed: dict | None) -> None:
-    """The tar reaches the end of the last member its index lists, and has the size manifest.json records."""
+def check_size(tar: Path, index: Path, lines: list[str], listed: dict | None) -> int:
+    """The tar's size, checked to reach the end of the last member its index lists and to be the size
+    manifest.json records."""
     size, root = tar.stat().st_size, tar.parent
     samples = [line for line in lines[1:] if line.strip()]
     end = max((offset + length for _, offset, length in index_members(samples[-1], index_stride(lines[0]))),
@@ -127,6 +146,7 @@ def check_size(tar: Path, index: Path, lines: list[str], listed: dict | None) ->
     if size != listed["bytes"]:
         raise DamagedShard(f"{tar} is {size} bytes but {MANIFEST} lists {listed['bytes']}: the file changed after "
                            f"shard-videos wrote it; run `shard-videos verify {root}`")
+    return size
 
 
 def read_codec(manifest: dict, tar: Path, index: str) -> str:
@@ -160,6 +180,38 @@ def resolve_decode_device(requested: str) -> str:
     if requested == "auto":
         return "gpu" if has_gpu else "cpu"
     return requested
+
+
+# NVDEC refuses frames smaller than this in either dimension (read from the decoder's error on an H100, DALI 2.4)
+NVDEC_MIN_SIDE = {"hevc": 144, "vp9": 128}
+
+
+def choose_decode_device(requested: str, shards: Shards) -> str:
+    """'cpu' or 'gpu' for decoding `shards`: `requested` resolved ('auto': NVDEC when CUDA is present, except for
+    clips too small for NVDEC in a codec the CPU reads, said in one line), then checked."""
+    device = resolve_decode_device(requested)
+    small = nvdec_too_small(shards) if device == "gpu" else None
+    if small and requested == "auto" and shards.codec in CPU_CODECS:
+        print(f"[pipeline] {small}: decoding on the CPU (decode_device: auto)", file=sys.stderr, flush=True)
+        device = "cpu"
+    elif small:
+        raise RuntimeError(f"{small}: decode on the CPU (decode_device: cpu, for {', '.join(CPU_CODECS)}) or "
+                           f"re-encode the shards as H.264 (`shard-videos INPUT {shards.root} --codec h264`)")
+    check_decodable(shards, device)
+    return device
+
+
+def nvdec_too_small(shards: Shards) -> str | None:
+    """Why NVDEC cannot decode the shards' first clip (too small for its codec), or None."""
+    side = NVDEC_MIN_SIDE.get(shards.codec)
+    if side is None:
+        return None
+    meta = first_sample_meta(Path(shards.tars[0]), shards.indexes[0])
+    width, height = int(meta.get("width", side)), int(meta.get("height", side))
+    if min(width, height) >= side:
+        return None
+    return (f"the shards in {shards.root} hold {width}x{height} {shards.codec} video (first clip), and NVDEC decodes "
+            f"{shards.codec} only from {side}x{side}")
 
 
 def check_decodable(shards: Shards, decode_device: str) -> None:

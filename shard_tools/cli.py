@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pipeline.errors import run_command
 from shard_tools.build import RunConfig, build
 from shard_tools.encode import CODECS
 from shard_tools.inputs import InputError
@@ -101,6 +102,7 @@ def shard_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted run into the same OUT")
     run.add_argument("--overwrite", action="store_true", help="delete the shards already in OUT first")
     run.add_argument("--verify", action="store_true", help="run `shard-videos verify OUT` afterwards")
+    run.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
     return parser
 
 
@@ -119,6 +121,7 @@ def synth_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=positive(int), default=25)
     parser.add_argument("--codec", default="vp9", choices=("h264", "mpeg4", "vp9", "mjpeg"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
     return parser
 
 
@@ -131,21 +134,25 @@ def verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("out")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     parser.add_argument("--threads", type=positive(int), default=available_cores(), help="DALI decoding threads")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad input (InputError, a missing file, any ValueError) ends as one line and exit 2 (`pipeline/errors.py`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command, args = parse(argv)
     console = Console(stderr=True)
-    try:
-        if argv[:1] == ["synth"]:
-            return synth(synth_parser().parse_args(argv[1:]), console)
-        if argv[:1] == ["verify"]:
-            return verify(verify_parser().parse_args(argv[1:]), console)
-        return shard(shard_parser().parse_args(argv), console)
-    except (InputError, FileNotFoundError, ValueError) as error:
-        console.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
-        return 2
+    return run_command("shard-videos", lambda: command(args, console), args.debug, (InputError, ValueError))
+
+
+def parse(argv: list[str]):
+    """(the function that runs the subcommand, its parsed arguments)."""
+    if argv[:1] == ["synth"]:
+        return synth, synth_parser().parse_args(argv[1:])
+    if argv[:1] == ["verify"]:
+        return verify, verify_parser().parse_args(argv[1:])
+    return shard, shard_parser().parse_args(argv)
 
 
 def synth(args, console: Console) -> int:

@@ -4,7 +4,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from train.config import ConfigError, apply_overrides, from_dict, load, to_dict
+from train.yaml_config import ConfigError, apply_overrides, from_dict, load, to_dict
 
 
 @dataclass
@@ -83,7 +83,7 @@ def test_shared_keys_are_stated_once_and_checked():
         load_train_config(None, ["data.num_frames=8", "model.num_frames=16"])
     with pytest.raises(ConfigError, match=r"data.drop_last must be true for training"):
         load_train_config(None, ["data.drop_last=false"])
-    with pytest.raises(ConfigError, match=r"key 'mode' must be one of \['pretrain'\]"):
+    with pytest.raises(ConfigError, match=r"key 'mode' must be one of \['pretrain', 'finetune', 'eval'\], got 'pretrian'; did you mean 'pretrain'"):
         load_train_config(None, ["mode=pretrian"])
     with pytest.raises(ConfigError, match=r"unknown key 'optim.base_rl'; did you mean 'optim.base_lr'"):
         load_train_config(None, ["optim.base_rl=1e-3"])

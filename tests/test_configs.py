@@ -51,16 +51,32 @@ OFFICIAL_LR = {
 }
 
 
+# Fine-tuning: file: (size, official GPUs, per-GPU clips, base_lr, layer_decay, drop_path, head_dropout, epochs,
+# min_lr, test clips x crops, flip), from scripts/<dataset>/..._epoch_<n>/finetune.sh and run_class_finetuning.py's
+# defaults (warm-up 5 epochs from 0, mixup 0.8, CutMix 1.0, smoothing 0.1, RandAugment m7 n4, erasing 0.25, num_sample
+# 2 in every script). HMDB51 and the UCF101 / HMDB51 ViT-S have no script: the UCF101 ViT-B values.
+FINETUNE = {
+    "k400-vit-b-finetune.yaml": ("base", 64, 6, 5e-4, 0.75, 0.1, 0.0, 75, 1e-6, (5, 3), True),
+    "k400-vit-s-finetune.yaml": ("small", 32, 12, 5e-4, 0.75, 0.1, 0.0, 150, 1e-6, (5, 3), True),
+    "ssv2-vit-b-finetune.yaml": ("base", 64, 6, 5e-4, 0.75, 0.1, 0.0, 30, 1e-6, (2, 3), False),
+    "ssv2-vit-s-finetune.yaml": ("small", 32, 12, 1e-3, 0.7, 0.1, 0.0, 40, 1e-6, (2, 3), False),
+    "ucf101-vit-b-finetune.yaml": ("base", 8, 16, 5e-4, 0.7, 0.2, 0.5, 100, 1e-5, (5, 3), True),
+    "ucf101-vit-s-finetune.yaml": ("small", 8, 16, 5e-4, 0.7, 0.2, 0.5, 100, 1e-5, (5, 3), True),
+    "hmdb51-vit-b-finetune.yaml": ("base", 8, 16, 5e-4, 0.7, 0.2, 0.5, 100, 1e-5, (5, 3), True),
+    "hmdb51-vit-s-finetune.yaml": ("small", 8, 16, 5e-4, 0.7, 0.2, 0.5, 100, 1e-5, (5, 3), True),
+}
+
+
 def test_configs_are_found():
-    assert len(ALL_CONFIGS) >= 9, [p.name for p in ALL_CONFIGS]
-    assert set(RECIPES) <= {p.name for p in ALL_CONFIGS}
+    assert len(ALL_CONFIGS) >= 18, [p.name for p in ALL_CONFIGS]
+    assert set(RECIPES) | set(FINETUNE) <= {p.name for p in ALL_CONFIGS}
     assert set(OFFICIAL_LR) == set(RECIPES)
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.name)
 def test_config_loads(path):
     cfg = load_train_config(path)
-    assert cfg.mode == "pretrain"
+    assert cfg.mode == path.stem.rsplit("-", 1)[1]  # *-pretrain.yaml, *-finetune.yaml
     assert cfg.data.num_frames == cfg.model.num_frames and cfg.data.input_size == cfg.model.input_size
 
 
@@ -124,3 +140,28 @@ def test_accumulation_keeps_the_official_lr_on_one_node():
     cfg = load_train_config(CONFIGS / "k400-vit-b-pretrain.yaml", ["optim.accum_steps=8"])
     schedule = make_schedule(cfg.optim, steps_per_epoch=10, batch_per_step=cfg.effective_batch * 8)
     assert schedule.peak_lr == pytest.approx(1.2e-3, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(FINETUNE))
+def test_finetune_recipe_matches_official(name):
+    size, gpus, per_gpu, base_lr, layer_decay, drop_path, head_dropout, epochs, min_lr, views, flip = FINETUNE[name]
+    cfg = load_train_config(CONFIGS / name)
+    assert cfg.mode == "finetune" and cfg.model.size == size
+    assert cfg.data.num_frames == 16 and cfg.data.input_size == 224 and cfg.model.patch_size == 16
+    assert cfg.data.batch_size == per_gpu and cfg.data.num_sample == 2
+    assert (cfg.data.rand_augment_n, cfg.data.rand_augment_m, cfg.data.erase_prob) == (4, 7, 0.25)
+    assert cfg.data.flip is flip
+    assert cfg.data.sampler == ("segment" if name.startswith("ssv2") else "random")  # SSv2: a frame per segment
+    assert (cfg.data.test_num_segment, cfg.data.test_num_crop) == views
+    assert (cfg.model.drop_path, cfg.model.head_dropout, cfg.model.head_init_scale) == (drop_path, head_dropout, 1e-3)
+    ft = cfg.finetune
+    assert (ft.layer_decay, ft.mixup, ft.cutmix, ft.mixup_prob, ft.mixup_switch_prob, ft.label_smoothing) == (
+        layer_decay, 0.8, 1.0, 1.0, 0.5, 0.1)
+    assert ft.test_split is not None
+    o = cfg.optim
+    assert (o.epochs, o.warmup_epochs, o.base_lr, o.min_lr, o.warmup_lr) == (epochs, 5, base_lr, min_lr, 0.0)
+    assert (o.weight_decay, o.betas, o.clip_grad, o.accum_steps) == (0.05, (0.9, 0.999), None, 1)
+    # the official fine-tuning scales the lr by clips (batch x GPUs), not by their num_sample views
+    schedule = make_schedule(cfg.optim, steps_per_epoch=10, batch_per_step=cfg.lr_batch * gpus)
+    assert schedule.peak_lr == pytest.approx(base_lr * per_gpu * gpus / 256, rel=1e-12)
+    assert f"{gpus} GPUs" in (CONFIGS / name).read_text()

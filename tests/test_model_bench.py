@@ -34,9 +34,9 @@ def test_bench_model_times_the_engine_step(monkeypatch):
     calls = []
     real_step = engine.train_step
 
-    def counting_step(model, optimizer, batches, counts, precision, *args):
-        calls.append((type(optimizer).__name__, len(batches), counts, precision))
-        return real_step(model, optimizer, batches, counts, precision, *args)
+    def counting_step(model, optimizer, batches, loss_of, precision, *args):
+        calls.append((type(optimizer).__name__, len(batches), loss_of.counts, precision))
+        return real_step(model, optimizer, batches, loss_of, precision, *args)
 
     monkeypatch.setattr(engine, "train_step", counting_step)
     bench_model(load_train_config(None, SMALL + ["optim.accum_steps=2"]), steps=2, warmup=1, optimizer=True,

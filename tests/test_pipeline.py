@@ -18,12 +18,14 @@ import pytest
 import torch
 from einops import rearrange
 from fixtures_video import truncate
+from test_pipeline_official import official_test_crops
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from pipeline.graph import RAND_AUGMENT_OPS, decode_pipeline
 from pipeline.loader import DaliLoader, DecodeError
 from pipeline.reference import ClipTransform, ReferenceLoader, decode_frames
+from pipeline.sampling import crop_boxes, frame_indices, space_draws
 from pipeline.shards import DamagedShard, UnfinishedShards, find_shards
 from shard_tools import cli as shard_cli
 import train.engine as engine
@@ -221,9 +223,11 @@ def test_eval_views_layout_and_parity_with_the_reference_loader(shards, sampler)
     for batch in reference:
         for key, view, clip in zip(batch["key"], batch["view"].tolist(), batch["video"]):
             # same frame indices and crop boxes (one definition): the reference view is closest to the DALI view
-            # of the same index; what is left comes from colour conversion and resize filters (~3/255 here)
+            # of the same index; what is left is the decoders' colour conversion (DALI against PyAV: up to ~8/255
+            # mean on two of these clips, not blurred away by the test resize, which has no antialias), since each
+            # loader gives the official resize to a level (test_eval_views_are_the_official_resize_then_crop_...)
             distance = [(clip - views[key, v]).abs().mean().item() for v in range(6)]
-            assert distance[view] < 0.1 and distance[view] <= min(distance) + 0.01, (key, view, distance)
+            assert distance[view] < 0.15 and distance[view] <= min(distance) + 0.01, (key, view, distance)
             matched += 1
     assert matched == len(views)
     # the temporal views are different moments of the video (the object moved), the spatial ones different crops
@@ -253,6 +257,21 @@ def test_h264_shards_without_gpu_fail_before_training(videos, tmp_path, shards):
         bench_decode(bench_config(root, split))
     with pytest.raises(RuntimeError, match="decode_device is 'gpu' but CUDA is not available"):
         DaliLoader(config(shards, decode_device="gpu"))
+
+
+def test_clips_too_small_for_nvdec_decode_on_the_cpu_or_are_refused(shards, monkeypatch, capsys):
+    """NVDEC refuses VP9 under 128x128 (seen on an H100); these clips are 80x64. With a GPU, decode_device auto
+    decodes them on the CPU and says so; decode_device gpu is refused before training, naming the sizes."""
+    from pipeline.shards import choose_decode_device, find_shards
+
+    found = find_shards(shards["root"], shards["split"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_decode_device("auto", found) == "cpu"
+    assert "80x64 vp9 video (first clip), and NVDEC decodes vp9 only from 128x128" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match=r"80x64 vp9 .* from 128x128: decode on the CPU .*--codec h264"):
+        choose_decode_device("gpu", found)
+    monkeypatch.setitem(__import__("pipeline.shards").shards.NVDEC_MIN_SIDE, "vp9", 64)
+    assert choose_decode_device("auto", found) == "gpu"
 
 
 def corrupt_copy(shards, tmp_path) -> tuple[Path, str, str, int]:
@@ -328,6 +347,35 @@ def test_decode_graph_cuts_the_given_box_and_flips(shards):
     expected = (crop - mean.view(3, 1, 1, 1)) / std.view(3, 1, 1, 1)
     assert torch.allclose(outs[0], expected, atol=1e-4)
     assert torch.equal(outs[1], outs[0].flip(-1))
+
+
+def levels(views: torch.Tensor) -> torch.Tensor:
+    """(V, C, T, S, S) normalised views back to 0..255 pixel levels, as (V, T, C, S, S)."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    return ((views * std + mean) * 255).transpose(1, 2)
+
+
+def test_eval_views_are_the_official_resize_then_crop_in_both_loaders(shards):
+    """The official test view: short side resized to input_size (bilinear, no antialias), then squares along the
+    long side. 64 x 80 -> 24 x 30, 4 crops at 0, 2, 4, 6 of 30: fractional boxes of the original frame."""
+    data = first_clip(shards)
+    cfg = config(shards, mode="eval", input_size=24, test_num_segment=1, test_num_crop=4)
+    indices = frame_indices(cfg, NUM_FRAMES, np.zeros(cfg.num_frames))
+    boxes, flips = crop_boxes(cfg, 64, 80, np.zeros((cfg.num_views, space_draws(cfg))))
+    assert boxes[1, 1] == pytest.approx(2 * 80 / 30)
+    pipe = decode_pipeline(cfg, "cpu", None, seed=0)
+    for name, value in [("encoded", np.frombuffer(data, np.uint8)), ("indices", indices), ("boxes", boxes),
+                        ("flips", flips)]:
+        pipe.feed_input(name, [value])
+    dali = levels(torch.from_numpy(pipe.run()[0].as_array()[0]))  # (4, T, C, 24, 24)
+    expected = official_test_crops(torch.from_numpy(dali_frames(data, indices)).permute(0, 3, 1, 2).float(), 24, 4)
+    for view, crop in zip(dali, expected):
+        assert (view - crop.round()).abs().max() <= 1.01  # uint8 rounding inside DALI's resize
+    sample = {"webm": data, "frames": struct.pack("<i", NUM_FRAMES), "label": struct.pack("<i", 0), "__key__": "k"}
+    reference = levels(ClipTransform(cfg, 0, 0)(sample)["video"])
+    expected = official_test_crops(torch.from_numpy(decode_frames(data, indices)).permute(0, 3, 1, 2).float(), 24, 4)
+    for view, crop in zip(reference, expected):
+        assert (view - crop.round()).abs().max() <= 1.01
 
 
 def test_rand_augment_applies_the_ops_it_is_given(shards):

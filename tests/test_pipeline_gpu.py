@@ -1,9 +1,10 @@
 """The DALI graph with NVDEC ('mixed' decoding) and GPU augmentation: run where CUDA is present.
 
 Shards come from `shard-videos` (run here when PyAV is installed), or, on a GPU machine without PyAV, from
-folders built beforehand and named by TUBEMAE_TEST_SHARDS:
+folders built beforehand and named by TUBEMAE_TEST_SHARDS. Clips are 176x144: NVDEC refuses HEVC under 144x144
+and VP9 under 128x128 (pipeline/shards.py NVDEC_MIN_SIDE).
 
-    .venv/bin/shard-videos synth data/gpu_videos --classes 3 --clips-per-class 4 --frames 40 --height 64 --width 80
+    .venv/bin/shard-videos synth data/gpu_videos --classes 3 --clips-per-class 4 --frames 40 --height 144 --width 176
     for c in vp9 h264 hevc; do .venv/bin/shard-videos data/gpu_videos data/gpu_shards/$c --codec $c; done
     TUBEMAE_TEST_SHARDS=data/gpu_shards pytest -m gpu tests/test_pipeline_gpu.py
 """
@@ -39,7 +40,7 @@ def shards(tmp_path_factory):
         pytest.fail(f"cannot build test shards here ({error}); build them where PyAV is installed and set "
                     f"TUBEMAE_TEST_SHARDS (see this file's docstring)")
     root = tmp_path_factory.mktemp("gpu_shards")
-    make_collection(root / "videos", num_classes=3, clips_per_class=4, num_frames=40, size=(64, 80), seed=0)
+    make_collection(root / "videos", num_classes=3, clips_per_class=4, num_frames=40, size=(144, 176), seed=0)
     folders = {}
     for codec in ("vp9", "h264", "hevc"):
         assert cli.main([str(root / "videos"), str(root / codec), "--codec", codec, "--workers", "4"]) in (0, None)

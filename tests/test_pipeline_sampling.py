@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.sampling import (FIXED_OFFSETS, SPACE_DRAWS, crop_boxes, frame_indices, multiscale_crop_box,
-                               random_resized_box, random_window, segment_indices, short_side_crops,
+from pipeline.sampling import (FIXED_OFFSETS, SPACE_DRAWS, crop_boxes, eval_crop_boxes, frame_indices,
+                               multiscale_crop_box, random_resized_box, random_window, segment_indices,
                                space_draws, uniform_windows)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,11 +33,8 @@ def test_short_clip_is_padded_with_its_last_strided_frame():
 
 def test_segment_sampler_takes_one_frame_per_segment():
     for _ in range(50):
-        idx = segment_indices(50, rng.random(8), 8)
-        bounds = np.round(49 / 8 * np.arange(9))
-        assert np.all(idx >= bounds[:-1]) and np.all(idx <= bounds[1:])
-    assert segment_indices(50, None, 8).tolist() == ((np.round(49 / 8 * np.arange(8)) +
-                                                      np.round(49 / 8 * np.arange(1, 9))) // 2).astype(int).tolist()
+        idx = segment_indices(50, rng.random(8), 8)  # segments of 50 // 8 = 6 frames; frames 48, 49 unused
+        assert np.all(idx >= 6 * np.arange(8)) and np.all(idx <= 6 * np.arange(8) + 5)
 
 
 def test_uniform_windows_span_the_clip_evenly():
@@ -100,16 +97,20 @@ def test_crop_boxes_are_the_drawn_boxes_as_corners_on_a_non_square_frame(mode):
     assert corners.tolist() == [[y, x, y + h, x + w] for y, x, h, w in drawn]
 
 
-def test_short_side_crops_slide_along_the_long_side():
-    assert short_side_crops(240, 320, 3) == [(0, 0, 240, 240), (0, 40, 240, 240), (0, 80, 240, 240)]
-    assert short_side_crops(320, 240, 1) == [(40, 0, 240, 240)]
+def test_eval_crops_slide_along_the_long_side_of_the_resized_frame():
+    # 240 x 320 resized to 32 x 42 (42.67 truncated): crops at 0, 5, 10 of 42, i.e. 320 / 42 original pixels each
+    boxes = eval_crop_boxes(240, 320, 32, 3)
+    assert [round(x, 3) for _, x, _, _ in boxes] == [0, round(5 * 320 / 42, 3), round(10 * 320 / 42, 3)]
+    assert all((y, h, w) == (0, 240, 32 * 320 / 42) for y, _, h, w in boxes)
+    assert eval_crop_boxes(320, 240, 240, 1) == [(40, 0, 240, 240)]  # short side at size already: no resize
 
 
 def test_config_level_views_and_flips():
     cfg = DataConfig(mode="eval", test_num_segment=2, test_num_crop=3, num_frames=4, sampling_rate=2)
     boxes, flips = crop_boxes(cfg, 240, 320, np.zeros((cfg.num_views, SPACE_DRAWS)))
     assert boxes.shape == (6, 4) and not flips.any()
-    assert boxes[:, 1].tolist() == [0, 40, 80, 0, 40, 80]  # view v = clip v // 3, crop v % 3
+    # view v = clip v // 3, crop v % 3: crops at 0, 37, 74 of the frame resized to 224 x 298
+    assert np.allclose(boxes[:, 1], np.array([0, 37, 74, 0, 37, 74]) * 320 / 298)
     assert frame_indices(cfg, 100, np.zeros(4)).shape == (8,)
     train = DataConfig(flip=True, num_sample=4)
     u = rng.random((4, SPACE_DRAWS))

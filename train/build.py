@@ -40,9 +40,9 @@ def build_model(cfg, device: torch.device) -> nn.Module:
     return VideoMAEPretrain(cfg.model).to(device)
 
 
-def build_optimizer(optim_cfg, model: nn.Module) -> torch.optim.AdamW:
-    """AdamW over model.param_groups (no decay on norms, biases, tokens); fused on CUDA. The lr is set per step
-    by the schedule."""
+def build_optimizer(optim_cfg, model: nn.Module, layer_decay: float | None = None) -> torch.optim.AdamW:
+    """AdamW over model.param_groups (no decay on norms, biases, tokens; layer-wise lr decay for a classifier);
+    fused on CUDA. The lr is set per step by the schedule, times each group's lr_scale."""
     fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=0.0, betas=optim_cfg.betas,
-                             fused=fused)
+    groups = param_groups(model, optim_cfg.weight_decay, layer_decay)
+    return torch.optim.AdamW(groups, lr=0.0, betas=optim_cfg.betas, fused=fused)

@@ -13,13 +13,16 @@ A file `checkpoint-<step>.pt` in the run folder is a TubeMAE checkpoint (ARCHITE
 | `config` | the resolved TrainConfig as plain data |
 
 Written by rank 0 through `model.checkpoint._save` (temporary file, fsync, rename, fsync the folder), so a kill at
-any moment leaves the previous checkpoints intact; the newest `keep` are kept. `--resume auto` takes the newest
+any moment leaves the previous checkpoints intact; the newest `keep` are kept. A write that fails (disk full) leaves
+no partial file (`_save` removes its temporary file) and stops the run with one line naming the file, the reason and
+the last good checkpoint (CheckpointWriteError, exit status 1). `--resume auto` takes the newest
 checkpoint that loads and names each one it had to pass over.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import random
 import re
 from pathlib import Path
@@ -29,12 +32,17 @@ import torch
 
 from model import save_checkpoint
 from model.checkpoint import read_checkpoint
+from pipeline.errors import RunFailed
 
 NAME = re.compile(r"checkpoint-(\d{8})\.pt")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names the file and what is wrong."""
+
+
+class CheckpointWriteError(CheckpointError, RunFailed):
+    """A checkpoint could not be written (disk full): the run stops, exit status 1; the earlier ones are intact."""
 
 
 def path_for(run_dir: Path, step: int) -> Path:
@@ -49,15 +57,40 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def save(run_dir: Path, model, weights: dict, optimizer_state: dict, scaler, state, ranks: list[dict],
          config: dict, keep: int) -> Path:
-    """Write the checkpoint of `state.step` (rank 0 only) and delete all but the newest `keep`."""
+    """Write the checkpoint of `state.step` (rank 0 only) and delete all but the newest `keep`.
+    CheckpointWriteError when the file cannot be written (disk full): the earlier checkpoints are left as they are."""
     path = path_for(run_dir, state.step)
-    save_checkpoint(path, model, state_dict=weights, optimizer=optimizer_state,
-                    scaler=scaler.state_dict() if scaler is not None else None,
-                    train_state=dataclasses.asdict(state), ranks=ranks,
-                    rng=host_rng_state(), config=config)
+    try:
+        save_checkpoint(path, model, state_dict=weights, optimizer=optimizer_state,
+                        scaler=scaler.state_dict() if scaler is not None else None,
+                        train_state=dataclasses.asdict(state), ranks=ranks,
+                        rng=host_rng_state(), config=config)
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+        cause = os_error_in(error)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(write_failure(path, cause)) from error
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError that `error` is, or that it was raised while handling (torch.save wraps a failed write)."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def write_failure(path: Path, cause: OSError) -> str:
+    """One line: the file, why it could not be written, the checkpoint a resume would use."""
+    reason = (cause.strerror or str(cause)).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    earlier = [p for p in list_checkpoints(path.parent) if p != path]
+    last = f"the last good checkpoint is {earlier[-1]}" if earlier else "no checkpoint was written before it"
+    fix = "free space on the device" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the folder"
+    return (f"{path}: cannot write the checkpoint ({reason}): stopping; {last} ({fix}, then continue with "
+            f"--resume auto)")
 
 
 def rank_entry(loader) -> dict:

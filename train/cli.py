@@ -1,8 +1,9 @@
 """`train --config configs/X.yaml [--set section.key=value ...] [--out DIR] [--resume auto|PATH]`.
 
 Expected failures (a bad config, missing or damaged shards, a checkpoint that cannot be resumed, a locked run
-folder, a clip that fails to decode) print one line naming the file or key and the fix, exit code 2; `--debug`
-shows the traceback instead.
+folder, a clip that fails to decode) print one line naming the file or key and the fix, exit code 2; a run that
+started and could not go on (disk full while writing a checkpoint) one line and exit code 1; `--debug` shows the
+traceback instead (the rule all commands share: `pipeline/errors.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from pipeline.errors import run_command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,40 +27,31 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "export":  # train export CHECKPOINT --out DIR: train/export.py
+        from train.export import main as export_main
+        return export_main(argv[1:])
     args = parser().parse_args(argv)
+    return run_command("train", lambda: run(args), args.debug, expected_errors)
+
+
+def run(args: argparse.Namespace) -> int:
     from train.config import load_train_config
     from train.main import train
 
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        out = args.out or cfg.run.out_dir or str(Path("runs") / Path(args.config).stem)
-        return train(cfg, out, args.resume)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        if args.debug or not _expected(e):
-            raise
-        print(f"train: {e}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config, args.overrides)
+    out = args.out or cfg.run.out_dir or str(Path("runs") / Path(args.config).stem)
+    return train(cfg, out, args.resume)
 
 
-def _expected(error: Exception) -> bool:
-    """Errors of ours carry a message meant for the user: those of our types, and ValueError / RuntimeError raised
-    by this project's own code. One raised inside torch or DALI is shown with its traceback (a bug to report)."""
+def expected_errors() -> tuple[type[Exception], ...]:
+    """This command's error types whose message is meant for the user (beside those `pipeline.errors` knows)."""
     from pipeline.loader import DecodeError
     from train.checkpoint import CheckpointError
     from train.config import ConfigError
     from train.rundir import RunLocked
 
-    if isinstance(error, (ConfigError, CheckpointError, RunLocked, DecodeError, FileNotFoundError)):
-        return True
-    frame = error.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next
-    raised_in = Path(frame.tb_frame.f_code.co_filename).resolve() if frame is not None else None
-    return raised_in is not None and raised_in.parent.parent == PROJECT_ROOT and raised_in.parent.name in PACKAGES
-
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "model", "train", "shard_tools")
+    return ConfigError, CheckpointError, RunLocked, DecodeError
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ class Display:
             self._task = self._progress.add_task("starting", total=total_steps, completed=start_step)
             self._progress.start()
 
+    def set_total(self, total_steps: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total_steps)
+
     def message(self, text: str) -> None:
         if not self.enabled:
             return

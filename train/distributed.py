@@ -97,6 +97,14 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, env: Env) -> 
     return {k: v.detach().cpu() for k, v in weights.items()}, optim
 
 
+def full_weights(model: nn.Module) -> dict:
+    """The model weights alone, whole and on the CPU (every rank calls it: FSDP gathers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in weights.items()}
+
+
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
     """The inverse of `full_state`, on every rank (each takes its shard under FSDP)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict

@@ -1,7 +1,8 @@
-"""The training step and one epoch of pre-training (what `train` runs and `bench e2e` times).
+"""The training step and one epoch (what `train` runs and `bench e2e` times), for pre-training and fine-tuning.
 
+    loss_of = PretrainLoss()  (or train.finetune.ClassifierLoss)      # batch -> scalar loss
     for epoch in ...:
-        for out in train_one_epoch(model, loader, optimizer, schedule, state, ...):   # one item per optimizer step
+        for out in train_one_epoch(model, loader, optimizer, schedule, state, loss_of, ...):  # one per step
             log / checkpoint / stop, as train/main.py decides
 
 A step takes `accum_steps` batches: forward under autocast (bf16 on a GPU by default; fp16 with a GradScaler),
@@ -73,16 +74,29 @@ def mask_counts(batch: dict) -> tuple[int, int | None]:
     return int(batch["mask"][0].sum()), None if decoder_mask is None else int((~decoder_mask[0]).sum())
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], counts: tuple[int, int | None],
+class PretrainLoss:
+    """The pre-training loss of a batch (the model computes it); the mask counts are read once, from the first
+    batch, so every step has the same static shapes."""
+
+    def __init__(self, counts: tuple[int, int | None] | None = None):
+        self.counts = counts
+
+    def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        self.counts = self.counts or mask_counts(batch)
+        return forward_loss(model, batch, self.counts)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], loss_of,
                precision: str = "fp32", scaler: torch.amp.GradScaler | None = None,
                clip_grad: float | None = None) -> dict[str, torch.Tensor]:
-    """One optimizer step over `batches` (gradient accumulation). Returns the mean loss and, with `clip_grad`,
-    the gradient norm before clipping, both as device tensors (reading them waits for the device)."""
+    """One optimizer step over `batches` (gradient accumulation); `loss_of(model, batch)` gives a batch's loss.
+    Returns the mean loss and, with `clip_grad`, the gradient norm before clipping, both as device tensors (reading
+    them waits for the device)."""
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
         with grad_sync(model, i == len(batches) - 1), autocast(device, precision):
-            loss = forward_loss(model, batch, counts)
+            loss = loss_of(model, batch)
             scaled = loss / len(batches)
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += loss.detach()
@@ -107,6 +121,7 @@ class TrainState:
     epoch: int = 0  # the epoch in progress
     clips: int = 0  # training clips (views) seen on this rank
     skipped: int = 0  # clips the loader dropped for failing to decode (on_error: skip)
+    best_top1: float = -1.0  # fine-tuning: the best validation top-1 so far (best.pt), -1 before the first
 
 
 @dataclass
@@ -121,9 +136,9 @@ class StepOutput:
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, schedule: Schedule,
-                    state: TrainState, accum_steps: int = 1, precision: str = "fp32",
-                    scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
-                    counts: tuple[int, int | None] | None = None) -> Iterator[StepOutput]:
+                    state: TrainState, loss_of, accum_steps: int = 1, precision: str = "fp32",
+                    scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None
+                    ) -> Iterator[StepOutput]:
     """The optimizer steps of the epoch in progress, one StepOutput each; a resumed loader yields the rest of its
     epoch. A trailing group of fewer than `accum_steps` batches is read but not trained on."""
     model.train()
@@ -134,9 +149,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         waited += time.perf_counter() - waiting_since
         batches.append(batch)
         if len(batches) == accum_steps:
-            counts = counts or mask_counts(batch)
             lr = schedule.apply(optimizer, state.step)
-            out = train_step(model, optimizer, batches, counts, precision, scaler, clip_grad)
+            out = train_step(model, optimizer, batches, loss_of, precision, scaler, clip_grad)
             state.step += 1
             state.clips += sum(len(b["video"]) for b in batches)
             now = time.perf_counter()

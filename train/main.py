@@ -1,11 +1,15 @@
-"""`train --config configs/X.yaml`: VideoMAE pre-training, on one process or many (torchrun).
+"""`train --config configs/X.yaml`: VideoMAE pre-training, fine-tuning and evaluation, on one process or many
+(torchrun). `mode` chooses: pretrain (masked-cube MSE), finetune (the classifier; train/finetune.py), eval.
 
-    build   the device (torchrun's rank), the loader, the model (DDP / FSDP2), AdamW, the schedule
+    build   the device (torchrun's rank), the loader, the model (DDP / FSDP2), AdamW, the schedule, the loss
     resume  --resume auto|PATH: weights, optimizer, scaler, step, every rank's loader state and RNG
     loop    train_one_epoch (train/engine.py) epoch after epoch; every log_every steps a log line and a metrics
             record (the only wait for the GPU), every checkpoint_every a checkpoint, every picture_every a
-            reconstruction picture; SIGTERM / Ctrl-C: a checkpoint, then exit 143 / 130
-    finish  a last checkpoint and picture, the loss curve, a summary (summary.json)
+            reconstruction picture (pretrain); at the end of every finetune.val_every-th epoch a validation, and
+            best.pt when it is the best; SIGTERM / Ctrl-C: a checkpoint, then exit 143 / 130
+    finish  a last checkpoint, the pictures (reconstruction or accuracy curve, loss curve), the multi-view test
+            (finetune.test_split), a summary (summary.json)
+    eval    mode eval: the multi-view test of finetune.weights on data.split, and nothing else
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from train import checkpoint, distributed
+from train import checkpoint, distributed, finetune
 from train.build import build_model, build_optimizer, make_loader
 from train.config import ConfigError, TrainConfig, to_dict
 from train.display import Display
-from train.engine import TrainState, autocast, forward_loss, mask_counts, resolve_precision, train_one_epoch
+from train.engine import PretrainLoss, TrainState, autocast, resolve_precision, train_one_epoch
 from train.pictures import save_loss_curve, save_reconstruction
 from train.rundir import RunFolder, keep_metrics_until
 from train.schedule import Schedule, make_schedule
@@ -65,6 +69,9 @@ class Run:
     precision: str
     steps_per_epoch: int
     last_step: int
+    loss_of: object  # engine.PretrainLoss or finetune.ClassifierLoss
+    validator: finetune.Validator | None = None
+    class_names: list[str] | None = None
     state: TrainState = field(default_factory=TrainState)
     saved_step: int = -1  # step of the newest checkpoint
     started: float = field(default_factory=time.perf_counter)
@@ -81,6 +88,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | None = None, live
     try:
         if env.is_main:
             folder.lock()
+        if cfg.mode == "eval":
+            return finetune.evaluate_only(cfg, env, folder)
         run = build(cfg, env, folder, live, loader)
         restore(run, resume)
         return fit(run)
@@ -104,28 +113,38 @@ def build(cfg: TrainConfig, env: distributed.Env, folder: RunFolder, live: bool 
                           f"({cfg.optim.accum_steps}): lower data.batch_size or optim.accum_steps")
     total_steps = cfg.optim.epochs * steps_per_epoch
     clips_per_step = cfg.effective_batch * env.world
-    schedule = make_schedule(cfg.optim, steps_per_epoch, clips_per_step)
-    model = build_model(cfg, env.device)
+    schedule = make_schedule(cfg.optim, steps_per_epoch, cfg.lr_batch * env.world)
+    display = Display(0, 0, enabled=env.is_main, live=live)
+    names = finetune.class_names(cfg) if cfg.mode == "finetune" else None
+    if names is None:
+        model, loss_of, layer_decay = build_model(cfg, env.device), PretrainLoss(), None
+    else:
+        model = finetune.build_classifier(cfg, len(names), env.device, display.message)
+        loss_of, layer_decay = finetune.ClassifierLoss(cfg.finetune, len(names)), cfg.finetune.layer_decay
     wrapped = distributed.wrap(model, env, cfg.run.parallel)
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer = build_optimizer(cfg.optim, model, layer_decay)
     if cfg.run.compile:
         wrapped = torch.compile(wrapped, fullgraph=env.world == 1)
     scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
     last_step = min(total_steps, cfg.run.max_steps or total_steps)
-    display = Display(last_step, 0, enabled=env.is_main, live=live)
+    display.set_total(last_step)
     if env.is_main:
         folder.write_config(to_dict(cfg))
+        task = (f"{cfg.data.mask_type} mask {cfg.data.mask_ratio}" if names is None else
+                f"{len(names)} classes, mixup {cfg.finetune.mixup if cfg.finetune.mixes else 'off'}, layer decay "
+                f"{cfg.finetune.layer_decay}")
         display.message(
-            f"train: {cfg.model.size} model, {cfg.data.num_frames}x{cfg.data.input_size}x{cfg.data.input_size} "
-            f"{cfg.data.mask_type} mask {cfg.data.mask_ratio}; {env.world} rank(s) on {env.device}, {precision}"
+            f"train: {cfg.mode} {cfg.model.size} model, {cfg.data.num_frames}x{cfg.data.input_size}x"
+            f"{cfg.data.input_size}, {task}; {env.world} rank(s) on {env.device}, {precision}"
             f"{', compiled' if cfg.run.compile else ''}; {cfg.run.loader} loader decoding on {decode}")
         display.message(
             f"train: {clips_per_step} clips per step ({cfg.data.batch_size} x {cfg.data.num_sample} views x "
             f"{cfg.optim.accum_steps} accumulation x {env.world} ranks): lr {schedule.peak_lr:.3g} = base_lr "
-            f"{cfg.optim.base_lr:g} x {clips_per_step} / 256; {steps_per_epoch} steps per epoch, {total_steps} "
-            f"in all, warm-up {schedule.warmup_steps}")
+            f"{cfg.optim.base_lr:g} x {cfg.lr_batch * env.world} / 256; {steps_per_epoch} steps per epoch, "
+            f"{total_steps} in all, warm-up {schedule.warmup_steps}")
+    validator = (finetune.Validator(cfg, env, names) if names is not None and cfg.finetune.val_split else None)
     return Run(cfg, env, folder, display, loader, model, wrapped, optimizer, scaler, schedule, precision,
-               steps_per_epoch, last_step)
+               steps_per_epoch, last_step, loss_of, validator, names)
 
 
 def restore(run: Run, resume: str | None) -> None:
@@ -145,6 +164,10 @@ def restore(run: Run, resume: str | None) -> None:
         path, obj = hit
     else:
         path, obj = Path(resume), checkpoint.read(Path(resume), run.cfg.model)
+    kind = "pretrain" if run.cfg.mode == "pretrain" else "classifier"
+    if obj["tubemae"]["kind"] != kind:
+        raise checkpoint.CheckpointError(f"{path}: a {obj['tubemae']['kind']} checkpoint, this run ({run.cfg.mode}) "
+                                         f"trains a {kind}: start from its weights with finetune.weights instead")
     if len(obj["ranks"]) != run.env.world:
         raise checkpoint.CheckpointError(f"{path}: written by {len(obj['ranks'])} ranks, this run has "
                                          f"{run.env.world}: resume with the same number of processes")
@@ -180,12 +203,12 @@ def fit(run: Run) -> int:
     cfg, state = run.cfg, run.state
     device = run.env.device
     interval = Interval(torch.zeros((), device=device), torch.full((), -1, dtype=torch.long, device=device))
-    stopper, counts, last_batch = Stopper(), None, None
+    stopper, last_batch = Stopper(), None
     try:
         while state.step < run.last_step:
-            for out in train_one_epoch(run.wrapped, run.loader, run.optimizer, run.schedule, state,
-                                       cfg.optim.accum_steps, run.precision, run.scaler, cfg.optim.clip_grad, counts):
-                counts, last_batch = counts or mask_counts(out.batch), out.batch
+            for out in train_one_epoch(run.wrapped, run.loader, run.optimizer, run.schedule, state, run.loss_of,
+                                       cfg.optim.accum_steps, run.precision, run.scaler, cfg.optim.clip_grad):
+                last_batch = out.batch
                 interval.loss_sum += out.loss
                 interval.first_bad = torch.where((interval.first_bad < 0) & ~torch.isfinite(out.loss),
                                                  out.step, interval.first_bad)
@@ -195,10 +218,14 @@ def fit(run: Run) -> int:
                 if out.step % cfg.run.log_every == 0 or out.step == run.last_step:
                     log(run, interval, out.lr)
                     interval = Interval(interval.loss_sum.zero_(), interval.first_bad)
+                epochs_done, rest = divmod(out.step, run.steps_per_epoch)  # in steps: exact on resume; before a
+                # checkpoint, which then holds the best top-1
+                if not rest and epochs_done % cfg.finetune.val_every == 0 and out.step < run.last_step:
+                    finetune.validate(run)
                 if out.step % cfg.run.checkpoint_every == 0:
                     save(run, interval)
-                if cfg.run.picture_every and out.step % cfg.run.picture_every == 0:
-                    picture(run, out.batch, counts)
+                if cfg.run.picture_every and out.step % cfg.run.picture_every == 0 and cfg.mode == "pretrain":
+                    picture(run, out.batch)
                 if out.step >= run.last_step or distributed.any_rank(stopper.signal is not None, run.env):
                     break
             else:  # the epoch ran to its end
@@ -210,7 +237,7 @@ def fit(run: Run) -> int:
         return 1
     finally:
         stopper.restore()
-    return finish(run, interval, last_batch, counts, stopper.signal)
+    return finish(run, interval, last_batch, stopper.signal)
 
 
 def check_finite(run: Run, interval: Interval) -> None:
@@ -255,14 +282,15 @@ def save(run: Run, interval: Interval) -> None:
     run.saved_step = run.state.step
 
 
-def picture(run: Run, batch: dict, counts) -> Path | None:
+def picture(run: Run, batch: dict) -> Path | None:
     """A reconstruction picture of the first clips of `batch` (every rank runs the forward: FSDP gathers)."""
     rows = min(run.cfg.run.picture_clips, len(batch["video"]))
     video, mask = batch["video"][:rows], batch["mask"][:rows]
     decoder_mask = batch.get("decoder_mask")
+    num_masked, num_decoded = run.loss_of.counts
     with torch.no_grad(), autocast(run.env.device, run.precision):
         out = run.model(video, mask, None if decoder_mask is None else decoder_mask[:rows],
-                        num_masked=counts[0], num_decoded=counts[1])
+                        num_masked=num_masked, num_decoded=num_decoded)
     if not run.env.is_main:
         return None
     path = run.folder.path / "pictures" / f"reconstruction-{run.state.step:08d}.png"
@@ -270,7 +298,7 @@ def picture(run: Run, batch: dict, counts) -> Path | None:
     return path
 
 
-def finish(run: Run, interval: Interval, last_batch: dict | None, counts, signum: int | None) -> int:
+def finish(run: Run, interval: Interval, last_batch: dict | None, signum: int | None) -> int:
     cfg, state, folder = run.cfg, run.state, run.folder
     if state.step > run.saved_step:
         save(run, interval)
@@ -281,16 +309,15 @@ def finish(run: Run, interval: Interval, last_batch: dict | None, counts, signum
                             f"with --resume auto")
         return 128 + signum
     seconds = time.perf_counter() - run.started
-    pictures = []
-    if last_batch is not None:
-        pictures.append(picture(run, last_batch, counts))
+    pictures = [picture(run, last_batch)] if cfg.mode == "pretrain" and last_batch is not None else []
+    results = finetune.conclude(run) if cfg.mode == "finetune" else {}  # the last validation, the test
     if run.env.is_main and folder.metrics_path.is_file():
         pictures.append(save_loss_curve(folder.path / "pictures" / "loss.png", folder.metrics_path))
     steps = state.step - run.start_step
     summary = {"steps": state.step, "steps_this_run": steps, "seconds": round(seconds, 1),
                "clips_per_s": round(steps * cfg.effective_batch * run.env.world / max(seconds, 1e-9), 2),
                "skipped_clips": state.skipped, "checkpoint": str(kept[-1]) if kept else None,
-               "pictures": [str(p) for p in pictures if p is not None]}
+               "pictures": [str(p) for p in pictures + results.pop("pictures", []) if p is not None], **results}
     if run.env.is_main:
         (folder.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         run.display.close()

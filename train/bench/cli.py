@@ -1,5 +1,6 @@
 """`bench SUBCOMMAND [SHARDS] [--config X.yaml] [--set a.b=c ...]`: settings come from the same `TrainConfig` as
-`train`, so the same keys, checks and messages apply; a bad value ends in one line, `bench: ...`, and exit status 2.
+`train`, so the same keys, checks and messages apply; a bad value, missing or damaged shards, a clip that fails to
+decode end in one line, `bench: ...`, and exit status 2 (`pipeline/errors.py`; `--debug` shows the traceback).
 
 --size, --batch-size, --compile and --loader are short for --set model.size=, data.batch_size=, run.compile=true
 and run.loader=; SHARDS is data.shards. Later --set items win over earlier ones and over these.
@@ -13,13 +14,15 @@ import sys
 
 import yaml
 
+from pipeline.errors import run_command
 from train.bench import __doc__ as COMMANDS
 from train.bench.e2e import bench_end_to_end
 from train.bench.loop import bench_loop
 from train.bench.loader import bench_decode, bench_loader, bench_masks, data_config
 from train.bench.model import bench_model
 from train.build import resolve_device
-from train.config import TrainConfig, load_train_config, parse_yaml
+from train.config import TrainConfig, load_train_config
+from train.yaml_config import parse_yaml
 from train.engine import resolve_precision
 
 ALIASES = {"size": "model.size", "batch_size": "data.batch_size", "loader": "run.loader"}
@@ -44,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--size", metavar="NAME", help="--set model.size=NAME")
             p.add_argument("--compile", action="store_true", help="--set run.compile=true")
         p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+        p.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
         return p
 
     def counts(p: argparse.ArgumentParser, name: str, default: int, help: str) -> None:
@@ -133,12 +137,11 @@ def run(cfg: TrainConfig, a: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    try:
-        cfg = settings(a)
-    except ValueError as e:  # ConfigError is a ValueError
-        print(f"bench: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    result = run(cfg, a)
+    return run_command("bench", lambda: bench(a), a.debug)
+
+
+def bench(a: argparse.Namespace) -> int:
+    result = run(settings(a), a)
     if a.json:
         print(json.dumps(result))
     return 0

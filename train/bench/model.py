@@ -73,7 +73,8 @@ class Stepper:
 
     def __call__(self, batches: list[dict], counts: tuple[int, int | None]) -> None:
         self.schedule.apply(self.optimizer, self.step)
-        engine.train_step(self.model, self.optimizer, batches, counts, self.precision, self.scaler, self.clip_grad)
+        engine.train_step(self.model, self.optimizer, batches, engine.PretrainLoss(counts), self.precision,
+                          self.scaler, self.clip_grad)
         self.step += 1
 
     def timed(self, run_step, count: int) -> float:
@@ -97,7 +98,7 @@ def make_stepper(cfg: TrainConfig, device: torch.device, optimizer: bool = True)
     model = build_model(cfg, device).train()
     opt = build_optimizer(cfg.optim, model) if optimizer else SkipStep(model.parameters())
     forward = torch.compile(model, fullgraph=True) if cfg.run.compile else model
-    schedule = make_schedule(cfg.optim, steps_per_epoch=1, batch_per_step=cfg.effective_batch)
+    schedule = make_schedule(cfg.optim, steps_per_epoch=1, batch_per_step=cfg.lr_batch)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     return Stepper(forward, opt, schedule, precision, device, scaler, cfg.optim.clip_grad)
 
