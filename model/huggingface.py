@@ -46,7 +46,19 @@ _HF_BLOCK = {
     "layernorm_after": "norm2",
 }
 _OFFICIAL_BLOCK = {official: hf for hf, official in _HF_BLOCK.items()}
+# Hugging Face modules outside the layers (the encoder's without `videomae.`) -> official modules
+_HF_TOP = {"embeddings.patch_embeddings.projection": "encoder.patch_embed.proj", "layernorm": "encoder.norm",
+           "classifier": "head"}
+_OFFICIAL_TOP = {official: ("" if hf == "classifier" else "videomae.") + hf for hf, official in _HF_TOP.items()}
 _QKV = ("query", "key", "value")
+
+
+def _renamed(key: str, table: dict[str, str]) -> str:
+    """`key` with its module renamed by `table` (module -> module), or unchanged when the table has none."""
+    for source, target in table.items():
+        if key.startswith(source + "."):
+            return target + key[len(source):]
+    return key
 
 
 def huggingface_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -68,14 +80,8 @@ def huggingface_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
                     break
             else:
                 out[key] = value  # unknown: reported as unexpected
-        elif k.startswith("embeddings.patch_embeddings.projection."):
-            out["encoder.patch_embed.proj." + k.rsplit(".", 1)[1]] = value
-        elif k.startswith("layernorm."):
-            out["encoder.norm." + k.rsplit(".", 1)[1]] = value
-        elif k.startswith("classifier."):
-            out["head." + k.rsplit(".", 1)[1]] = value
-        else:
-            out[k] = value  # encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm
+        else:  # also encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm: the same names
+            out[_renamed(k, _HF_TOP)] = value
     weights = tuple(f"{name}.weight" for name in _QKV)
     biases = {"query.bias": "q_bias", "q_bias": "q_bias", "value.bias": "v_bias", "v_bias": "v_bias"}
     for block, parts in attention.items():
@@ -113,14 +119,8 @@ def official_to_huggingface(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             if module not in _OFFICIAL_BLOCK:
                 raise ValueError(f"no Hugging Face name for '{key}'")
             out[f"{layer}.{_OFFICIAL_BLOCK[module]}.{param}"] = value
-        elif key.startswith("encoder.patch_embed.proj."):
-            out["videomae.embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("encoder.norm."):
-            out["videomae.layernorm." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("head."):
-            out["classifier." + key.rsplit(".", 1)[1]] = value
-        else:
-            out[key] = value  # encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm
+        else:  # also encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm: the same names
+            out[_renamed(key, _OFFICIAL_TOP)] = value
     return out
 
 

@@ -202,7 +202,7 @@ class DaliLoader:
         """One batch of the reader graph; a reader error caused by a shard that changed on disk names the shard."""
         try:
             return self._reader.run()
-        except RuntimeError as error:
+        except RuntimeError:
             self._check_shards()
             raise
 

@@ -25,7 +25,7 @@ from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from pipeline.loader import _rank_and_world
 from pipeline.masking import draw_masks, random_erase
 from pipeline.sampling import crop_boxes, derive_seed, frame_indices, resize_antialias, space_draws
-from pipeline.shards import VIDEO_EXTENSIONS, find_shards
+from pipeline.shards import VIDEO_EXTENSIONS, check_unchanged, find_shards
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # broadcast over (C, T, H, W)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
@@ -175,6 +175,7 @@ class ReferenceLoader:
         return dataset.map(ClipTransform(self.cfg, self.shard_id, self.epoch))
 
     def __iter__(self):
+        check_unchanged(self.shards)  # a shard deleted or truncated since the start is named (as DaliLoader)
         loader = DataLoader(self._dataset(), batch_size=self.cfg.batch_size, num_workers=self.num_workers,
                             collate_fn=collate, drop_last=self.cfg.drop_last,
                             persistent_workers=False, prefetch_factor=2 if self.num_workers else None)

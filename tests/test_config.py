@@ -68,7 +68,7 @@ def test_yaml_and_overrides(tmp_path):
 
 # --- the train command's config -------------------------------------------------------------------------------
 
-from train.config import TrainConfig, load_train_config  # noqa: E402
+from train.config import load_train_config  # noqa: E402
 from train.schedule import make_schedule  # noqa: E402
 
 

@@ -143,6 +143,17 @@ def test_a_shard_changed_between_epochs_is_named_at_the_next_epoch(shards, tmp_p
     assert ("not a shard that changes during the run" in message) == (on_error == "skip")
 
 
+def test_the_reference_loader_names_a_shard_changed_between_epochs(shards, tmp_path):
+    from pipeline.reference import ReferenceLoader
+
+    root, tar = copy_of(shards, tmp_path)
+    loader = ReferenceLoader(data_config(root), num_workers=0)
+    assert sum(len(batch["key"]) for batch in loader) == 8
+    os.truncate(tar, tar.stat().st_size // 2)
+    with pytest.raises(DamagedShard, match=rf"^{tar} is now .* truncated or rewritten .*shard-videos verify"):
+        next(iter(loader))
+
+
 def test_a_shard_truncated_mid_epoch_is_named(shards, tmp_path):
     """The reader reads the tars with read(), not mmap (`dont_use_mmap` in pipeline/graph.py): a tar truncated
     mid-epoch fails a read (DALI blames the index) and the loader names the shard, where a mapped tar would kill

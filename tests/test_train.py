@@ -16,7 +16,7 @@ from model import build_from_checkpoint
 from shard_tools import cli as shard_cli
 from shard_tools.synthetic import make_collection
 from train import engine
-from train.checkpoint import CheckpointError, list_checkpoints
+from train.checkpoint import list_checkpoints
 from train.cli import main as train_main
 from train.config import load_train_config
 from train.main import train

@@ -10,8 +10,9 @@ a TubeMAE checkpoint, and what the format cannot hold, print one line naming the
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from pipeline.errors import run_command
 
 OFFICIAL_NAME = "checkpoint.pth"
 HF_CLASSES = {"pretrain": "VideoMAEForPreTraining", "classifier": "VideoMAEForVideoClassification"}
@@ -34,14 +35,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+
+    def command() -> int:
         print(export(Path(args.checkpoint), Path(args.out), args.format))
         return 0
-    except ExportError as e:
-        if args.debug:
-            raise
-        print(f"train export: {e}", file=sys.stderr)
-        return 2
+    return run_command("train export", command, args.debug, (ExportError,))
 
 
 def export(source: Path, out: Path, fmt: str) -> str:
