@@ -20,6 +20,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from pipeline.config import DataConfig
 from pipeline.graph import RAND_AUGMENT_OPS, decode_pipeline, reader_pipeline
 from pipeline.masking import draw_masks, random_erase
 from pipeline.sampling import augment_choices, crop_boxes, derive_seed, frame_indices
-from pipeline.shards import DamagedShard, check_unchanged, choose_decode_device, find_shards
+from pipeline.shards import ChangedShard, check_unchanged, choose_decode_device, find_shards
 
 
 class DecodeError(RuntimeError):
@@ -92,24 +93,7 @@ class DaliLoader:
         if self.decode_device == "gpu" and self.device.type != "cuda":
             raise ValueError(f"decode_device 'gpu' needs a CUDA training device, got {self.device}")
 
-        # This rank's part of the samples (DALI splits the global sample order into contiguous parts) and the
-        # batches of each epoch: the reader pads every part to the same number of batches.
-        total = self.shards.num_samples
-        if total < self.num_shards:
-            raise ValueError(f"{total} samples in split '{cfg.split}' cannot be spread over {self.num_shards} ranks")
-        parts = [total * (r + 1) // self.num_shards - total * r // self.num_shards for r in range(self.num_shards)]
-        self.part_size = parts[self.shard_id]
-        b = cfg.batch_size
-        reader_batches = math.ceil(max(parts) / b)
-        if cfg.drop_last:  # the same number of full batches on every rank
-            full = min(parts) // b
-            self._plan = [b] * full + [0] * (reader_batches - full)
-        else:  # every sample of the part once; the last batch may be short
-            self._plan = [min(max(self.part_size - j * b, 0), b) for j in range(reader_batches)]
-        if not any(self._plan):
-            raise ValueError(f"drop_last with batch_size {b} leaves no batch: the smallest rank part has "
-                             f"{min(parts)} samples; lower batch_size or set drop_last: false")
-
+        self._plan = self._plan_epoch()
         self._device_id = self.device.index if self.device.type == "cuda" else None
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(derive_seed(cfg.seed, self.shard_id, 1))
@@ -124,6 +108,26 @@ class DaliLoader:
         self._state = {**self._reader_state(), "generator": self._generator.get_state()}
         self.skipped: list[_Skipped] = []
 
+    def _plan_epoch(self) -> list[int]:
+        """Rows each reader batch of an epoch yields on this rank (0: padding). DALI splits the global sample order
+        into contiguous parts, one per rank, and pads every part to the same number of batches."""
+        cfg, total = self.cfg, self.shards.num_samples
+        if total < self.num_shards:
+            raise ValueError(f"{total} samples in split '{cfg.split}' cannot be spread over {self.num_shards} ranks")
+        parts = [total * (r + 1) // self.num_shards - total * r // self.num_shards for r in range(self.num_shards)]
+        self.part_size = parts[self.shard_id]
+        b = cfg.batch_size
+        reader_batches = math.ceil(max(parts) / b)
+        if cfg.drop_last:  # the same number of full batches on every rank
+            full = min(parts) // b
+            plan = [b] * full + [0] * (reader_batches - full)
+        else:  # every sample of the part once; the last batch may be short
+            plan = [min(max(self.part_size - j * b, 0), b) for j in range(reader_batches)]
+        if not any(plan):
+            raise ValueError(f"drop_last with batch_size {b} leaves no batch: the smallest rank part has "
+                             f"{min(parts)} samples; lower batch_size or set drop_last: false")
+        return plan
+
     # --- PyTorch iterator protocol ----------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -131,7 +135,7 @@ class DaliLoader:
         return sum(1 for rows in self._plan if rows)
 
     def __iter__(self):
-        self._check_shards()  # before the reader touches them again
+        self._check_shards(epoch_start=True)  # before the reader touches them again
         if self._active:  # the previous epoch was left unfinished: drop the rest of it
             self._finish_epoch()
         return self
@@ -206,17 +210,34 @@ class DaliLoader:
             self._check_shards()
             raise
 
-    def _check_shards(self) -> None:
-        """Each tar still has its size at start (one stat each; `pipeline.shards.check_unchanged`). Not even
-        on_error: skip goes on without a shard: the reader's sample order, every rank's part, the epoch length
-        and the exact-resume state are all fixed by the shard list the reader was built with."""
-        try:
-            check_unchanged(self.shards)
-        except DamagedShard as error:
-            if self.cfg.on_error != "skip":
-                raise
-            raise DamagedShard(f"{error} (on_error: skip drops clips that fail to decode, not a shard that changes "
-                               f"during the run)") from None
+    def _check_shards(self, epoch_start: bool = False) -> None:
+        """Each tar still has its size at start (one stat each; `pipeline.shards.check_unchanged`). At an epoch
+        start, on_error: skip leaves a changed shard out from then on (`_leave_out`); mid-epoch (the reader failed
+        on it) it is always an error: the epoch's sample order and every rank's part were drawn with it."""
+        while True:
+            try:
+                return check_unchanged(self.shards)
+            except ChangedShard as error:
+                if self.cfg.on_error != "skip" or not epoch_start or len(self.shards.tars) == 1:
+                    raise
+                self._leave_out(error)
+
+    def _leave_out(self, error: ChangedShard) -> None:
+        """Rebuild the reader without the changed shard; this rank's lost clips count as skipped. The epochs
+        are shorter from now on, and the exact resume of this run needs the shard back."""
+        lost_before = self.part_size
+        self._discard_in_flight()
+        self.epoch += self._active  # an epoch left unfinished ends here
+        self._active = False
+        self.shards = self.shards.without(error.tar)
+        self._plan = self._plan_epoch()
+        self._reader = reader_pipeline(self.cfg, self.shards, self.shard_id, self.num_shards)
+        self._reader_pos = 0
+        self._state = {**self._reader_state(), "generator": self._generator.get_state()}
+        lost = lost_before - self.part_size
+        self.skipped += [_Skipped(f"{Path(error.tar).name} (left out)", error.tar, str(error))] * lost
+        print(f"[pipeline] on_error: skip: leaving out {error.tar} ({lost} of this rank's clips per epoch): "
+              f"{error}", file=sys.stderr, flush=True)
 
     def _reader_state(self) -> dict:
         return {"reader": self._reader.checkpoint(), "epoch": self.epoch, "reader_pos": self._reader_pos,

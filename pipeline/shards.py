@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +41,12 @@ class Shards:
     @property
     def num_samples(self) -> int:
         return sum(self.sizes)
+
+    def without(self, tar: str) -> "Shards":
+        """These shards less `tar` (on_error: skip leaving out a shard that changed during the run)."""
+        keep = [i for i, t in enumerate(self.tars) if t != tar]
+        return replace(self, tars=[self.tars[i] for i in keep], indexes=[self.indexes[i] for i in keep],
+                       sizes=[self.sizes[i] for i in keep], tar_bytes=[self.tar_bytes[i] for i in keep])
 
 
 def find_shards(root: str | Path, split: str) -> Shards:
@@ -82,19 +88,27 @@ def find_shards(root: str | Path, split: str) -> Shards:
                   tar_bytes)
 
 
+class ChangedShard(DamagedShard):
+    """A shard deleted, truncated or rewritten since the run started; `tar` names it."""
+
+    def __init__(self, message: str, tar: str):
+        super().__init__(message)
+        self.tar = tar
+
+
 def check_unchanged(shards: Shards) -> None:
     """Every tar is still there with the size it had at start (one stat each: cheap at every epoch start).
-    DamagedShard naming the first that was deleted, truncated or rewritten since `find_shards`."""
+    ChangedShard naming the first that was deleted, truncated or rewritten since `find_shards`."""
     fix = (f"run `shard-videos verify {shards.root}`, restore the shard, then resume from the last checkpoint "
            f"(train --resume auto)")
     for tar, start in zip(shards.tars, shards.tar_bytes, strict=True):
         try:
             size = Path(tar).stat().st_size
         except FileNotFoundError:
-            raise DamagedShard(f"{tar} was deleted while the run was reading the shards; {fix}") from None
+            raise ChangedShard(f"{tar} was deleted while the run was reading the shards; {fix}", tar) from None
         if size != start:
-            raise DamagedShard(f"{tar} is now {size} bytes, {start} when the run started: it was truncated or "
-                               f"rewritten while the run was reading it; {fix}")
+            raise ChangedShard(f"{tar} is now {size} bytes, {start} when the run started: it was truncated or "
+                               f"rewritten while the run was reading it; {fix}", tar)
 
 
 def read_manifest(root: Path) -> dict:

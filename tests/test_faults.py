@@ -127,6 +127,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_last_one_and_fails_the_r
 
 @pytest.mark.parametrize("change, on_error", [("truncated", "raise"), ("deleted", "skip")])
 def test_a_shard_changed_between_epochs_is_named_at_the_next_epoch(shards, tmp_path, change, on_error):
+    """One shard: named, also with on_error: skip, which has no other shard to go on with."""
     root, tar = copy_of(shards, tmp_path)
     loader = DaliLoader(data_config(root, on_error=on_error))
     assert sum(len(batch["key"]) for batch in loader) == 8  # epoch 1 on intact shards
@@ -140,7 +141,23 @@ def test_a_shard_changed_between_epochs_is_named_at_the_next_epoch(shards, tmp_p
     assert message.startswith(f"{tar} ") and f"`shard-videos verify {root}`" in message and "\n" not in message
     assert {"truncated": "truncated or rewritten while the run was reading it",
             "deleted": "was deleted while the run was reading"}[change] in message
-    assert ("not a shard that changes during the run" in message) == (on_error == "skip")
+
+
+def test_on_error_skip_leaves_out_a_shard_changed_between_epochs_and_counts_its_clips(tmp_path, capsys):
+    videos, root = tmp_path / "videos", tmp_path / "shards"
+    make_collection(videos, num_classes=4, clips_per_class=4, num_frames=16, size=(48, 64), seed=2)
+    assert shard_cli.main([str(videos), str(root), "--codec", "vp9", "--workers", "0", "--shard-size", "60k"]) == 0
+    tars = sorted(root.glob("train-*.tar"))
+    assert len(tars) >= 2
+    loader = DaliLoader(data_config(root, on_error="skip", drop_last=False))
+    assert sum(len(batch["key"]) for batch in loader) == 16
+    lost = find_shards(root, "train").sizes[0]
+    tars[0].unlink()
+    second = [key for batch in loader for key in batch["key"]]
+    assert len(second) == 16 - lost and len(set(second)) == len(second)
+    assert len(loader.skipped) == lost and loader.skipped[0].source == str(tars[0])
+    assert f"leaving out {tars[0]} ({lost} of this rank's clips per epoch)" in capsys.readouterr().err
+    assert sum(len(batch["key"]) for batch in loader) == 16 - lost  # and the epochs after
 
 
 def test_the_reference_loader_names_a_shard_changed_between_epochs(shards, tmp_path):
@@ -188,6 +205,30 @@ def test_train_stops_naming_a_shard_truncated_after_its_first_epoch(shards, tmp_
     assert len(lines) == 1 and lines[0].startswith(f"train: {tar} is now "), lines
     assert f"`shard-videos verify {root}`" in lines[0] and "--resume auto" in lines[0]
     assert [p.name for p in checkpoint.list_checkpoints(run)] == ["checkpoint-00000002.pt", "checkpoint-00000004.pt"]
+
+
+def test_train_with_skip_goes_on_without_a_shard_deleted_after_its_first_epoch(tmp_path, monkeypatch):
+    videos, root = tmp_path / "videos", tmp_path / "shards"
+    make_collection(videos, num_classes=4, clips_per_class=2, num_frames=16, size=(48, 64), seed=4)
+    assert shard_cli.main([str(videos), str(root), "--codec", "vp9", "--workers", "0", "--shard-size", "30k"]) == 0
+    tars = sorted(root.glob("train-*.tar"))
+    lost = find_shards(root, "train").sizes[0]
+    assert len(tars) >= 2 and lost < 4
+    run, epochs = tmp_path / "run", []
+    real = DaliLoader.__iter__
+
+    def iterate(loader):  # delete the first shard as the second epoch starts
+        epochs.append(1)
+        if len(epochs) == 2:
+            tars[0].unlink()
+        return real(loader)
+
+    monkeypatch.setattr(pipeline.loader.DaliLoader, "__iter__", iterate)
+    config = write_config(tmp_path, root, max_steps=6)
+    assert train_main(["--config", str(config), "--out", str(run), "--set", "data.on_error=skip"]) == 0
+    assert json.loads((run / "summary.json").read_text())["skipped_clips"] == lost
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6 and records[-1]["skipped"] == lost
 
 
 # --- clips that fail to decode, clips damaged in the middle -------------------------------------------------
