@@ -21,7 +21,7 @@ from pipeline.errors import run_command
 from shard_tools.build import RunConfig, build
 from shard_tools.encode import CODECS
 from shard_tools.inputs import InputError
-from shard_tools.synthetic import MOTIONS, make_collection
+from shard_tools.synthetic import MOTIONS, PRESETS, make_collection
 from shard_tools.transcode import REJECT_KINDS, Settings
 
 DESCRIPTION = """\
@@ -113,6 +113,14 @@ def synth_parser() -> argparse.ArgumentParser:
                     f"motion of the main object ({', '.join(m.name for m in MOTIONS)}; --classes N takes the first "
                     f"N); shapes, colours, textures and backgrounds are random per clip.")
     parser.add_argument("out")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="study: the collection `train study` uses (right, left, clockwise, counter-clockwise; "
+                             "a larger object brighter than the background; shard_tools/synthetic.py)")
+    parser.add_argument("--held-out", action="store_true",
+                        help="draw the preset's test look (other shapes, textures and backgrounds) instead of its "
+                             "training look")
+    parser.add_argument("--still", action="store_true",
+                        help="write each clip as one of its frames repeated (the single-frame baseline)")
     parser.add_argument("--classes", type=positive(int), default=4)
     parser.add_argument("--clips-per-class", type=positive(int), default=4)
     parser.add_argument("--frames", type=positive(int), default=48, help="frames per clip")
@@ -157,8 +165,10 @@ def parse(argv: list[str]):
 
 def synth(args, console: Console) -> int:
     with console.status(f"writing {args.classes} x {args.clips_per_class} synthetic clips to {args.out}"):
+        preset = PRESETS[args.preset]
         paths = make_collection(args.out, args.classes, args.clips_per_class, args.frames, (args.height, args.width),
-                                args.fps, args.codec, args.seed)
+                                args.fps, args.codec, args.seed, preset.motions,
+                                preset.test if args.held_out else preset.train, args.still)
     console.print(f"wrote {len(paths)} {args.codec} clips ({args.frames} frames, {args.width}x{args.height}, "
                   f"{args.fps} fps) in {args.classes} class folders under {args.out}", soft_wrap=True)
     return 0

@@ -16,7 +16,11 @@ from pipeline.errors import run_command
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train", description="VideoMAE pre-training: shards -> DALI -> ViT MAE.")
+    p = argparse.ArgumentParser(
+        prog="train", description="VideoMAE pre-training, fine-tuning and evaluation (config `mode`): shards -> DALI "
+                                  "-> ViT.",
+        epilog="Also: `train export CHECKPOINT --out DIR` (Hugging Face or official layout) and `train study --out "
+               "DIR` (the data-efficiency study); each takes --help.")
     p.add_argument("--config", required=True, help="a YAML file in configs/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.batch_size=16 (repeatable)")
@@ -31,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "export":  # train export CHECKPOINT --out DIR: train/export.py
         from train.export import main as export_main
         return export_main(argv[1:])
+    if argv and argv[0] == "study":  # train study --out DIR [--quick]: train/study.py
+        from train.study import main as study_main
+        return study_main(argv[1:])
     args = parser().parse_args(argv)
     return run_command("train", lambda: run(args), args.debug, expected_errors)
 
