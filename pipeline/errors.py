@@ -58,5 +58,11 @@ def exit_status(error: BaseException) -> int:
     return 1 if isinstance(error, RunFailed) else 2
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error raised by a library (torch, transformers), to quote inside our own message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__

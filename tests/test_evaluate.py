@@ -231,14 +231,9 @@ def test_write_report(tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from shard_tools import cli as shard_cli
-    from shard_tools.synthetic import make_collection
+    from synthetic_shards import synthetic_shards
 
-    videos = tmp_path_factory.mktemp("videos")
-    make_collection(videos, num_classes=3, clips_per_class=2, num_frames=24, size=(48, 64), seed=0)
-    out = tmp_path_factory.mktemp("shards")
-    assert shard_cli.main([str(videos), str(out), "--codec", "vp9", "--workers", "1"]) in (0, None)
-    return out
+    return synthetic_shards(tmp_path_factory.mktemp("data"), num_classes=3, clips_per_class=2)
 
 
 def labels_in_shards(root: Path) -> dict[str, int]:

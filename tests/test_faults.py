@@ -18,19 +18,16 @@ from pipeline.errors import RunFailed, run_command
 from pipeline.loader import DaliLoader
 from pipeline.shards import DamagedShard, find_shards
 from shard_tools import cli as shard_cli
-from shard_tools.synthetic import make_collection
 from train import checkpoint
 from train.bench import cli as bench_cli
 from train.cli import main as train_main
 from train.config import load_train_config
 
+from synthetic_shards import synthetic_shards
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    videos = tmp_path_factory.mktemp("videos")
-    make_collection(videos, num_classes=4, clips_per_class=2, num_frames=24, size=(48, 64), seed=0)
-    out = tmp_path_factory.mktemp("shards")
-    assert shard_cli.main([str(videos), str(out), "--codec", "vp9", "--workers", "0"]) == 0
+    out = synthetic_shards(tmp_path_factory.mktemp("data"), clips_per_class=2, workers=0)
     assert len(list(out.glob("*.tar"))) == 1
     return out
 
@@ -144,9 +141,7 @@ def test_a_shard_changed_between_epochs_is_named_at_the_next_epoch(shards, tmp_p
 
 
 def test_on_error_skip_leaves_out_a_shard_changed_between_epochs_and_counts_its_clips(tmp_path, capsys):
-    videos, root = tmp_path / "videos", tmp_path / "shards"
-    make_collection(videos, num_classes=4, clips_per_class=4, num_frames=16, size=(48, 64), seed=2)
-    assert shard_cli.main([str(videos), str(root), "--codec", "vp9", "--workers", "0", "--shard-size", "60k"]) == 0
+    root = synthetic_shards(tmp_path, "--shard-size", "60k", num_frames=16, seed=2, workers=0)
     tars = sorted(root.glob("train-*.tar"))
     assert len(tars) >= 2
     loader = DaliLoader(data_config(root, on_error="skip", drop_last=False))
@@ -175,9 +170,8 @@ def test_a_shard_truncated_mid_epoch_is_named(shards, tmp_path):
     """The reader reads the tars with read(), not mmap (`dont_use_mmap` in pipeline/graph.py): a tar truncated
     mid-epoch fails a read (DALI blames the index) and the loader names the shard, where a mapped tar would kill
     the process with SIGBUS before any check could run."""
-    videos, root = tmp_path / "videos", tmp_path / "shards"  # 32 clips: more than DALI reads ahead
-    make_collection(videos, num_classes=4, clips_per_class=8, num_frames=16, size=(48, 64), seed=1)
-    assert shard_cli.main([str(videos), str(root), "--codec", "vp9", "--workers", "0"]) == 0
+    # 32 clips: more than DALI reads ahead
+    root = synthetic_shards(tmp_path, clips_per_class=8, num_frames=16, seed=1, workers=0)
     tar = root / "train-000000.tar"
     batches = iter(DaliLoader(data_config(root, shuffle_buffer=1)))
     next(batches)
@@ -208,9 +202,7 @@ def test_train_stops_naming_a_shard_truncated_after_its_first_epoch(shards, tmp_
 
 
 def test_train_with_skip_goes_on_without_a_shard_deleted_after_its_first_epoch(tmp_path, monkeypatch):
-    videos, root = tmp_path / "videos", tmp_path / "shards"
-    make_collection(videos, num_classes=4, clips_per_class=2, num_frames=16, size=(48, 64), seed=4)
-    assert shard_cli.main([str(videos), str(root), "--codec", "vp9", "--workers", "0", "--shard-size", "30k"]) == 0
+    root = synthetic_shards(tmp_path, "--shard-size", "30k", clips_per_class=2, num_frames=16, seed=4, workers=0)
     tars = sorted(root.glob("train-*.tar"))
     lost = find_shards(root, "train").sizes[0]
     assert len(tars) >= 2 and lost < 4

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from model import ModelConfig, VideoMAEPretrain, save_checkpoint
-from shard_tools import cli as shard_cli
-from shard_tools.synthetic import make_collection
 from train.build import build_optimizer
 from train.config import ConfigError, FinetuneConfig, load_train_config
 from train.finetune import ClassifierLoss, build_classifier
 from train.main import train
 from train.schedule import make_schedule
+
+from synthetic_shards import synthetic_shards
 
 CLASSES, TRAIN_CLIPS, VAL_CLIPS = 4, 16, 8
 GEOMETRY = dict(size="tiny", num_frames=8, input_size=32, patch_size=8)
@@ -26,11 +26,8 @@ GEOMETRY = dict(size="tiny", num_frames=8, input_size=32, patch_size=8)
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    videos = tmp_path_factory.mktemp("videos")
-    make_collection(videos, num_classes=CLASSES, clips_per_class=6, num_frames=24, size=(48, 64), seed=3)
-    out = tmp_path_factory.mktemp("shards")
-    code = shard_cli.main([str(videos), str(out), "--codec", "vp9", "--workers", "1", "--val-fraction", "0.34"])
-    assert code in (0, None)
+    out = synthetic_shards(tmp_path_factory.mktemp("data"), "--val-fraction", "0.34", num_classes=CLASSES,
+                           clips_per_class=6, seed=3)
     counts = json.loads((out / "manifest.json").read_text())
     assert counts["classes"] and len(counts["classes"]) == CLASSES
     return out

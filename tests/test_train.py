@@ -13,8 +13,6 @@ import pytest
 import torch
 
 from model import build_from_checkpoint
-from shard_tools import cli as shard_cli
-from shard_tools.synthetic import make_collection
 from train import engine
 from train.checkpoint import list_checkpoints
 from train.cli import main as train_main
@@ -22,17 +20,15 @@ from train.config import load_train_config
 from train.main import train
 from train.rundir import RunFolder, RunLocked
 
+from synthetic_shards import synthetic_shards
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, "-m", "train"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    videos = tmp_path_factory.mktemp("videos")
-    make_collection(videos, num_classes=4, clips_per_class=4, num_frames=24, size=(48, 64), seed=0)
-    out = tmp_path_factory.mktemp("shards")
-    assert shard_cli.main([str(videos), str(out), "--codec", "vp9", "--workers", "1"]) in (0, None)
-    return out
+    return synthetic_shards(tmp_path_factory.mktemp("data"))
 
 
 def write_config(tmp_path: Path, shards: Path, **run) -> Path:

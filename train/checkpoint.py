@@ -32,7 +32,7 @@ import torch
 
 from model import save_checkpoint
 from model.checkpoint import read_checkpoint
-from pipeline.errors import RunFailed
+from pipeline.errors import RunFailed, first_line
 
 NAME = re.compile(r"checkpoint-(\d{8})\.pt")
 
@@ -109,8 +109,7 @@ def read(path: Path, model_config) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as e:  # a truncated or foreign file: torch says why in its first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot be read ({first}); it may be truncated") from None
+        raise CheckpointError(f"{path}: cannot be read ({first_line(e)}); it may be truncated") from None
     missing = [k for k in ("model", "tubemae", "optimizer", "train_state", "ranks") if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: not a TubeMAE training checkpoint (no {', '.join(missing)}); to start from "

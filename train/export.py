@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.errors import run_command
+from pipeline.errors import first_line, run_command
 
 OFFICIAL_NAME = "checkpoint.pth"
 HF_CLASSES = {"pretrain": "VideoMAEForPreTraining", "classifier": "VideoMAEForVideoClassification"}
@@ -108,8 +108,3 @@ def class_names(obj: dict, model) -> list[str] | None:
         except (OSError, ValueError):  # moved or unfinished shards: the names are only a convenience
             names = None
     return list(names) if names and len(names) == num_classes else None
-
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
