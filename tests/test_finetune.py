@@ -144,6 +144,9 @@ def test_cutmix_cuts_one_box_through_every_frame():
     pasted = mixed[0] == 3.0  # clip 0 gets a box of its partner, the last clip
     assert pasted.any() and not pasted.all()
     assert (pasted == pasted[:1, :1]).all()  # the same box in every channel and every frame
+    rows, cols = pasted[0, 0].any(dim=1), pasted[0, 0].any(dim=0)
+    assert torch.equal(pasted[0, 0], rows[:, None] & cols[None, :])  # a box in H x W ...
+    assert not rows.all() and not cols.all()  # ... cut in both, not a band of frames or rows
 
 
 def test_layer_decay_scales_the_lr_from_the_head_down(shards, tmp_path):
