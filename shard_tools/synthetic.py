@@ -6,9 +6,9 @@ distractor shapes, the start position, size and phase, and the speed within +-20
 come back on the other side (the motion is periodic), so clips of any length show the motion throughout.
 
 A `Look` says what the random appearance is drawn from. The `study` preset (`PRESETS`) is the collection `train
-study` calibrates on: four classes of fast motion (right, left, clockwise, counter-clockwise), a larger object, and
-two disjoint looks, one for training clips and one, with other shapes, textures and backgrounds, for test clips, so
-that only motion carries over. `still=True` writes each clip as one of its frames repeated: the single-frame
+study` calibrates on: four classes of fast motion (right, left, clockwise, counter-clockwise), a larger object,
+smooth backgrounds and shading, and two disjoint looks, one for training clips and one, with other shapes,
+textures and backgrounds, for test clips, so that only motion carries over. `still=True` writes each clip as one of its frames repeated: the single-frame
 baseline sees exactly the appearance of the moving clip and none of its motion.
 """
 
@@ -42,8 +42,8 @@ MOTIONS = (  # classes in this order; `num_classes=k` uses the first k
     Motion("rotate_cw_fast", spin=1.2), Motion("rotate_ccw_fast", spin=-1.2),
 )
 SHAPES = ("disc", "square", "triangle", "diamond", "ellipse", "cross", "arrow", "bar")
-TEXTURES = ("stripes", "checker", "halves", "ramp", "diagonal", "corner")  # none rotationally symmetric
-BACKGROUNDS = ("flat", "gradient", "blocks", "stripes", "rings", "plaid")
+TEXTURES = ("stripes", "checker", "halves", "ramp", "diagonal", "corner", "dome")
+BACKGROUNDS = ("flat", "gradient", "blocks", "stripes", "rings", "plaid", "glow", "waves")
 MIN_SCALE, MAX_SCALE = 0.5, 1.6
 
 
@@ -70,16 +70,19 @@ class Preset:
 PRESETS = {
     "default": Preset(MOTIONS, Look(), Look()),
     "study": Preset(  # about 2 pixels and 9 degrees a frame at 64 x 64 and 25 fps
+        # objects brighter than the background: a moving edge brightens ahead and darkens behind, whatever the
+        # colours, which a single cube embedding (linear in its pixels) can tell apart (with the default colours
+        # the tiny ViT stayed at chance); smooth backgrounds and object shading, little noise: what a masked cube
+        # holds can be guessed from the visible ones around it, as in natural video (on the first study look, with
+        # block and ring backgrounds, striped objects and per-pixel noise, tube-masked pre-training learned
+        # nothing: README, Study)
         motions=(Motion("move_right", 0, 0.8), Motion("move_left", 180, 0.8), Motion("rotate_cw", spin=0.6),
                  Motion("rotate_ccw", spin=-0.6)),
-        # objects brighter than the background: a moving edge brightens ahead and darkens behind, whatever the
-        # colours, which a single cube embedding (linear in its pixels) can tell apart; with the default colours
-        # the tiny ViT stayed at chance (README, Study)
-        train=Look(shapes=("square", "triangle", "cross", "arrow"), textures=("stripes", "checker", "halves"),
-                   backgrounds=("flat", "blocks", "rings"), radius=(0.22, 0.32), distractors=1,
+        train=Look(shapes=("square", "triangle", "cross", "arrow"), textures=("halves", "ramp"),
+                   backgrounds=("flat", "gradient", "glow"), radius=(0.22, 0.32), distractors=1, noise=1.0,
                    object_range=(150.0, 255.0), background_range=(20.0, 100.0)),
-        test=Look(shapes=("diamond", "ellipse", "bar"), textures=("diagonal", "corner"),
-                  backgrounds=("gradient", "stripes", "plaid"), radius=(0.22, 0.32), distractors=1,
+        test=Look(shapes=("diamond", "ellipse", "bar"), textures=("corner", "dome"),
+                  backgrounds=("waves",), radius=(0.22, 0.32), distractors=1, noise=1.0,
                   object_range=(150.0, 255.0), background_range=(20.0, 100.0))),
 }
 
@@ -211,6 +214,8 @@ def texture(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (np.floor((u + v) / 1.4) % 2).astype(np.float32)
     if kind == "corner":  # one quadrant of the other colour
         return ((u > 0) & (v > 0)).astype(np.float32)
+    if kind == "dome":  # smooth, from the centre outwards
+        return np.clip((u * u + v * v) / 16, 0, 1).astype(np.float32)
     raise ValueError(f"unknown texture {kind!r}")
 
 
@@ -236,6 +241,14 @@ def draw_background(rng: np.random.Generator, height: int, width: int, look: Loo
     elif kind == "rings":
         cy, cx, period = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(8, 20)
         mix = (np.floor(np.hypot(x - cx, y - cy) / period) % 2).astype(np.float32) * 0.6
+    elif kind == "glow":  # a soft light somewhere in the frame
+        cy, cx, spread = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.3, 0.6) * max(height, width)
+        mix = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * spread ** 2))
+    elif kind == "waves":  # two slow crossing waves, periods of one to two frame widths
+        mix = np.zeros((height, width), np.float32)
+        for _ in range(2):
+            angle, period, phase = rng.uniform(0, np.pi), rng.uniform(1.0, 2.0) * width, rng.uniform(0, 2 * np.pi)
+            mix += 0.25 * (1 + np.cos(2 * np.pi * (np.cos(angle) * x + np.sin(angle) * y) / period + phase))
     else:  # plaid: two crossing sets of soft bars
         period = rng.uniform(10, 24)
         mix = (0.25 * (1 + np.cos(2 * np.pi * x / period)) * 0.5 + 0.25 * (1 + np.cos(2 * np.pi * y / period))
