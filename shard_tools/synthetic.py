@@ -8,8 +8,9 @@ come back on the other side (the motion is periodic), so clips of any length sho
 A `Look` says what the random appearance is drawn from. The `study` preset (`PRESETS`) is the collection `train
 study` calibrates on: four classes of fast motion (right, left, clockwise, counter-clockwise), a larger object,
 smooth backgrounds and shading, and two disjoint looks, one for training clips and one, with other shapes,
-textures and backgrounds, for test clips, so that only motion carries over. `still=True` writes each clip as one of its frames repeated: the single-frame
-baseline sees exactly the appearance of the moving clip and none of its motion.
+textures and backgrounds, for test clips, so that only motion carries over. `still=True` writes each clip as one
+of its frames repeated: the single-frame baseline sees exactly the appearance of the moving clip and none of its
+motion.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@
              (train.main.train); DIR/runs/<cell>-s<seed>/
     results  DIR/results.md and results.json (one row per cell: mean, spread, per-seed test top-1), plots in
              DIR/*.png, a reconstruction of test clips by the first tube-0.9 pre-trained model, and how its loss
-             on training and on test clips splits between flat and structured cubes (results.json `target`)
+             on training and on test clips splits between moving, flat and still cubes (results.json `target`)
 
 A killed study resumes: runs with a summary.json are skipped, an unfinished one continues (--resume auto).
 """
@@ -42,6 +42,9 @@ SIZES = {
                   pretrain_steps=2, finetune_steps=2),
 }
 DEFAULT_THREADS = 2
+# how each way to start the fine-tuning is drawn in the plots: colour and label
+STARTS = {"pretrained": ("tab:blue", "pretrained"), "untrained": ("tab:purple", "untrained pre-training model"),
+          "scratch": ("tab:orange", "from scratch")}
 MASKS = (("tube", 0.9), ("random", 0.9), ("frame", 0.9), ("tube", 0.5), ("tube", 0.75))  # first: the main cells
 
 
@@ -290,13 +293,12 @@ def plot_fractions(path: Path, rows: list[dict], chance: float) -> Path:
     dot."""
     fig, ax = figure()
     tube, ratio = MASKS[0]
-    for start, colour in (("pretrained", "tab:blue"), ("untrained", "tab:purple"), ("scratch", "tab:orange")):
+    for start, (colour, label) in STARTS.items():
         mine = sorted((r for r in rows if r["start"] == start and r["mask_type"] in (None, tube)
                        and r["mask_ratio"] in (None, ratio)), key=lambda r: r["fraction"])
         x = [r["fraction"] for r in mine]
         ax.errorbar(x, [r["mean"] for r in mine], yerr=[r["std"] or 0 for r in mine], color=colour, marker="o",
-                    capsize=4, label={"pretrained": f"pretrained ({tube} {ratio})", "scratch": "scratch",
-                                      "untrained": "untrained pre-training model"}[start])
+                    capsize=4, label=f"{label} ({tube} {ratio})" if start == "pretrained" else label)
         for r in mine:
             ax.scatter([r["fraction"]] * len(r["top1"]), r["top1"], color=colour, s=10, alpha=0.5)
     for r in rows:
@@ -333,11 +335,10 @@ def plot_masks(path: Path, rows: list[dict], chance: float) -> Path:
             for r in mine:
                 ax.scatter([r["mask_ratio"] + shift] * len(r["top1"]), r["top1"], color=colour, s=10, alpha=0.5)
     for r in here:
-        for start, colour, label in (("scratch", "tab:orange", "from scratch"),
-                                     ("untrained", "tab:purple", "untrained pre-training model")):
-            if r["start"] == start:
-                ax.axhspan(r["mean"] - (r["std"] or 0), r["mean"] + (r["std"] or 0), color=colour, alpha=0.15)
-                ax.axhline(r["mean"], color=colour, label=f"{label} (mean, std)")
+        if r["start"] in ("untrained", "scratch"):  # the baselines, as bands
+            colour, label = STARTS[r["start"]]
+            ax.axhspan(r["mean"] - (r["std"] or 0), r["mean"] + (r["std"] or 0), color=colour, alpha=0.15)
+            ax.axhline(r["mean"], color=colour, label=f"{label} (mean, std)")
     ax.axhline(100 * chance, color="black", linestyle=":", linewidth=1, label="chance")
     ax.set_xticks([ratio for _, ratio in MASKS])
     ax.set_xlabel("pre-training mask ratio (random and frame shifted right to stay visible)")
