@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from pipeline.config import DataConfig
 from pipeline.graph import RAND_AUGMENT_OPS, decode_pipeline, reader_pipeline
 from pipeline.masking import draw_masks, random_erase
+from pipeline.ranks import rank_and_world
 from pipeline.sampling import augment_choices, crop_boxes, derive_seed, frame_indices
 from pipeline.shards import ChangedShard, check_unchanged, choose_decode_device, find_shards
 
@@ -70,17 +70,11 @@ def _dali_reason(error: Exception) -> str:
                 "decode failed")
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class DaliLoader:
     def __init__(self, cfg: DataConfig, device: str | torch.device | None = None,
                  shard_id: int | None = None, num_shards: int | None = None):
         self.cfg = cfg
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         self.shard_id = rank if shard_id is None else shard_id
         self.num_shards = world if num_shards is None else num_shards
         if device is None:

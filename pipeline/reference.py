@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
 
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from pipeline.loader import _rank_and_world
 from pipeline.masking import draw_masks, random_erase
+from pipeline.ranks import rank_and_world
 from pipeline.sampling import crop_boxes, derive_seed, frame_indices, resize_antialias, space_draws
 from pipeline.shards import VIDEO_EXTENSIONS, check_unchanged, find_shards
 
@@ -143,7 +143,7 @@ class ReferenceLoader:
     def __init__(self, cfg: DataConfig, device: str | torch.device = "cpu", num_workers: int | None = None,
                  shard_id: int | None = None, num_shards: int | None = None):
         self.cfg = cfg
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         self.shard_id = rank if shard_id is None else shard_id
         self.num_shards = world if num_shards is None else num_shards
         self.device = torch.device(device)
