@@ -98,6 +98,22 @@ def check_frame_step(cfg: DataConfig, frame_step: int, root: str | Path) -> None
                          f"{frame_step}, or {fix}")
 
 
+def crop_window(boxes: np.ndarray, height: int, width: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a frame that views `boxes` ((V, 4): y0, x0, y1, x1) resized to `size` read, in whole pixels:
+    their union widened by the resize filter's reach (a side of L pixels resized to `size` reads up to
+    ceil(L / size) + 1 pixels beyond the box with antialias, 1 without), within the frame. Returns the window
+    ((4,) float32: y0, x0, height, width) and the boxes in window pixels, so that decoding only the window gives
+    the pixels of decoding the whole frame."""
+    sides = np.concatenate([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]])
+    reach = int(np.ceil(sides.max() / size)) + 1
+    y0 = max(0, int(np.floor(boxes[:, 0].min())) - reach)
+    x0 = max(0, int(np.floor(boxes[:, 1].min())) - reach)
+    y1 = min(height, int(np.ceil(boxes[:, 2].max())) + reach)
+    x1 = min(width, int(np.ceil(boxes[:, 3].max())) + reach)
+    window = np.array([y0, x0, y1 - y0, x1 - x0], dtype=np.float32)
+    return window, (boxes - np.array([y0, x0, y0, x0], dtype=np.float32)).astype(np.float32)
+
+
 class MemberTable:
     """Where each sample's `.jpegs` member lies in its tar (data offset, size), read from the shards' DALI indexes
     the first time a tar is asked about (no tar is read). Keys are `<split>-<running number>`."""
