@@ -8,12 +8,15 @@ its thread ends within a tenth of a second)."""
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import traceback
 import weakref
 
 END = object()  # produce() has nothing more (the epoch is over)
+_LIVE: "weakref.WeakSet[Feeder]" = weakref.WeakSet()  # feeders whose thread may run: closed at exit
+_LIVE_REGISTERED: list[bool] = []
 
 
 class Feeder:
@@ -23,6 +26,10 @@ class Feeder:
         self._thread = threading.Thread(target=_run, args=(weakref.ref(owner), self._queue, self._stop),
                                         name="tubemae-feeder", daemon=True)
         self._thread.start()
+        if not _LIVE_REGISTERED:  # after DALI's own exit handler (the loader built its pipelines): runs first
+            atexit.register(_close_all)
+            _LIVE_REGISTERED.append(True)
+        _LIVE.add(self)
 
     def get(self):
         """The next result, END, or the exception produce() raised (returned, for the caller to raise)."""
@@ -60,3 +67,10 @@ def _run(owner_ref, out: queue.Queue, stop: threading.Event) -> None:
                     return
         if item is END or isinstance(item, BaseException):
             return
+
+
+def _close_all() -> None:
+    """At exit, before DALI's pipelines are torn down: a thread still inside a pipeline call would abort the
+    process ('terminate called without an active exception')."""
+    for feeder in list(_LIVE):
+        feeder.close()

@@ -175,3 +175,24 @@ def build(graph, batch_size: int, cfg: DataConfig, device_id: int | None, seed: 
                      prefetch_queue_depth=1)
         pipe.build()
     return pipe
+
+
+def window_pipeline(frames: bool, decode_device: str, batch_size: int, num_threads: int):
+    """The decoder alone, built, for `bench decode`'s cost per clip against the last frame index: video shards
+    fed 'encoded' and 'indices' (the frames to decode) per clip, JPEG-frame shards 'jpegs' (one image per
+    sample, a batch of clips x frames); outputs the decoded frames."""
+    device = "mixed" if decode_device == "gpu" else "cpu"
+
+    @pipeline_def
+    def graph():
+        if frames:
+            return fn.decoders.image(fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1), device=device,
+                                     output_type=types.RGB)
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        indices = fn.external_source(name="indices", dtype=types.INT32, ndim=1)
+        return fn.decoders.video(encoded, frames=indices, device=device)
+
+    pipe = graph(batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "mixed" else None,
+                 prefetch_queue_depth=1)
+    pipe.build()
+    return pipe

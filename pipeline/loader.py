@@ -209,6 +209,7 @@ class DaliLoader:
             batch = self._in_flight.popleft()
             if batch.pipe < 0:
                 return _Decoded(None, batch)
+            self._fill()  # the graphs go on decoding while this batch is taken, and while it waits in the queue
             try:
                 outputs = self._decoders[batch.pipe].outputs()
             except RuntimeError as error:

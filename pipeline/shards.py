@@ -191,13 +191,29 @@ def read_codec(manifest: dict, tar: Path, index: str) -> str:
 
 def first_sample_meta(tar: Path, index: str) -> dict:
     """The `.json` member of the first sample, located through the index (no tar scan)."""
-    lines = Path(index).read_text().split("\n")
-    for ext, offset, size in index_members(lines[1], index_stride(lines[0])):
-        if ext == "json":
-            with open(tar, "rb") as f:
+    meta = first_samples(tar, index, 1, only=("json",))[0].get("json")
+    if meta is None:
+        raise ValueError(f"{tar}: the first sample has no .json member")
+    return json.loads(meta)
+
+
+def first_samples(tar: Path | str, index: str, count: int, only: tuple[str, ...] | None = None
+                  ) -> list[dict[str, bytes]]:
+    """The members (extension -> bytes; `only` these extensions) of the first `count` samples of a shard, read
+    through its index."""
+    lines = [line for line in Path(index).read_text().split("\n")[1:] if line.strip()]
+    stride = index_stride(Path(index).read_text().split("\n", 1)[0])
+    samples = []
+    with open(tar, "rb") as f:
+        for line in lines[:count]:
+            sample = {}
+            for ext, offset, size in index_members(line, stride):
+                if only is not None and ext not in only:
+                    continue
                 f.seek(offset)
-                return json.loads(f.read(size))
-    raise ValueError(f"{tar}: the first sample has no .json member")
+                sample[ext] = f.read(size)
+            samples.append(sample)
+    return samples
 
 
 def resolve_decode_device(requested: str) -> str:
