@@ -56,7 +56,8 @@ class DataConfig:
     # execution
     batch_size: int = 8  # decoded clips per batch
     num_threads: int = 4  # DALI worker threads per pipeline (reference loader: DataLoader workers)
-    # auto: NVDEC when CUDA is present, until `bench decode` on a GPU says when CPU decoding is faster
+    # auto: NVDEC (video) or nvJPEG (JPEG frames) when CUDA is present, until `bench decode` on a GPU says when
+    # CPU decoding is faster; not yet measured on a GPU for either format
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"
     decode_pipelines: int = 1  # decoding pipelines per GPU run side by side (NVDEC has several engines)
     # JPEG-frame shards: decode only the part of each frame a clip's views need (DALI's ROI decoder), else whole

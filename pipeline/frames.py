@@ -1,5 +1,6 @@
 """The JPEG-frame sample format (ARCHITECTURE.md section 1), defined once: `shard-videos --frames jpeg` writes it,
-`shard-videos verify` checks it, both loaders read it. Imports neither DALI nor torch.
+`shard-videos verify` checks it, both loaders read it. Imports neither DALI nor torch (shard-videos' worker
+processes import it).
 
 A clip is one member `<key>.jpegs`: its kept frames as JPEG images, concatenated. Its `.json` adds `frame_step` S
 (every S-th frame of the clip is kept: frames 0, S, 2S, ...), `quality` and `frame_offsets`, the byte offset of
@@ -16,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DataConfig
-from pipeline.shards import FRAMES_EXTENSION as EXTENSION, JPEG, index_members, index_stride
+
+EXTENSION = "jpegs"  # the member holding a clip's JPEG frames
+JPEG = "jpeg"  # the codec of JPEG-frame shards (manifest.json's codec and frames.format)
 
 
 class FrameError(ValueError):
@@ -132,6 +135,8 @@ class MemberTable:
 
     def _table(self, tar: str):
         if tar not in self._tables:
+            from pipeline.shards import index_members, index_stride  # torch: only where a loader reads
+
             lines = Path(self._indexes[tar]).read_text().split("\n")
             rows = []
             for line in lines[1:]:

@@ -96,7 +96,7 @@ def decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int | None, 
                 t = v // cfg.test_num_crop
                 clip = frames[t * cfg.num_frames:(t + 1) * cfg.num_frames]
             views.append(view(cfg, clip, boxes, flips, augment, v, "CFHW"))
-        return fn.stack(*views), video.shape()
+        return stacked(views), video.shape()
 
     return build(graph, cfg.batch_size, cfg, device_id, seed)
 
@@ -140,7 +140,7 @@ def frames_decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int |
             frame = fn.decoders.image(jpegs, output_type=types.RGB, **decoder)
         frame = frame.gpu() if device_id is not None and not gpu else frame
         views = [view(cfg, frame, boxes, flips, augment, v, "CHW") for v in range(views_per_frame(cfg))]
-        return fn.stack(*views), fn.peek_image_shape(jpegs)
+        return stacked(views), fn.peek_image_shape(jpegs)
 
     return build(graph, cfg.batch_size * frames_per_clip(cfg), cfg, device_id, seed)
 
@@ -167,6 +167,11 @@ def view(cfg: DataConfig, pixels, boxes, flips, augment, v: int, layout: str):
     return fn.crop_mirror_normalize(pixels, mirror=flips[v], mean=[m * 255 for m in IMAGENET_MEAN],
                                     std=[s * 255 for s in IMAGENET_STD], output_layout=layout,
                                     dtype=OUTPUT_TYPES[cfg.dtype])
+
+
+def stacked(views: list):
+    """V x ... from V views; one view gains its leading axis without the copy fn.stack would make."""
+    return fn.stack(*views) if len(views) > 1 else fn.expand_dims(views[0], axes=[0])
 
 
 def build(graph, batch_size: int, cfg: DataConfig, device_id: int | None, seed: int):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from pipeline.frames import EXTENSION as FRAMES_EXTENSION, JPEG  # the JPEG-frame member and codec
+
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")  # a sample's video member; DALI's reader takes ";".join(...)
 CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI's CPU video decoder reads; NVDEC reads more
-FRAMES_EXTENSION = "jpegs"  # a JPEG-frame sample's member: its frames as concatenated JPEGs (pipeline/frames.py)
-JPEG = "jpeg"  # the codec of JPEG-frame shards (manifest.json's codec and frames.format); DALI's CPU decoder reads it
 CODEC_ALIASES = {"libvpx": "vp8", "libvpx-vp9": "vp9", "avc": "h264", "avc1": "h264", "libx264": "h264",
                  "h265": "hevc", "libx265": "hevc", "mjpg": "mjpeg"}
 MANIFEST, JOURNAL = "manifest.json", "progress.jsonl"  # written by shard-videos: manifest last, journal first

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.errors import run_command
-from pipeline.shards import JPEG
+from pipeline.frames import JPEG
 from shard_tools.build import RunConfig, build
 from shard_tools.encode import CODECS
 from shard_tools.inputs import InputError
