@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from batches import with_a_resume
 from test_pipeline import STATIC, config, epoch_of, write_static_clip
 from test_shard_build import rewrite_first_sample
 
@@ -160,22 +161,7 @@ def test_every_random_choice_is_the_same_for_all_frames_of_a_clip(shards, mode):
 def test_exact_resume(shards, mode):
     cfg = config(shards["jpeg"], mode=mode, num_sample=2, flip=True, decode_pipelines=2, rand_augment_n=2,
                  erase_prob=0.5)
-
-    def take(loader, n):
-        out, it = [], iter(loader)
-        while len(out) < n:
-            try:
-                out.append(next(it))
-            except StopIteration:
-                it = iter(loader)
-        return out
-
-    uninterrupted = take(DaliLoader(cfg), 7)  # crosses an epoch boundary (4 batches per epoch)
-    first = DaliLoader(cfg)
-    head = take(first, 3)
-    resumed = DaliLoader(cfg)
-    resumed.load_state_dict(first.state_dict())
-    for x, y in zip(uninterrupted, head + take(resumed, 4)):
+    for x, y in zip(*with_a_resume(lambda: DaliLoader(cfg), 7, 3)):  # crosses an epoch end (4 batches each)
         assert x["key"] == y["key"] and torch.equal(x["video"], y["video"])
         assert all(torch.equal(x[k], y[k]) for k in ("mask", "label") if k in x)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from batches import take, with_a_resume
 
 from pipeline.config import DataConfig
 from pipeline.loader import DaliLoader
@@ -38,16 +39,6 @@ def config(root: Path, **changes) -> DataConfig:
     return DataConfig(**{**base, **changes})
 
 
-def take(loader, n: int) -> list[dict]:
-    out, it = [], iter(loader)
-    while len(out) < n:
-        try:
-            out.append(next(it))
-        except StopIteration:
-            it = iter(loader)
-    return out
-
-
 def test_nvjpeg_matches_cpu_decoding(jpeg):
     cfg = config(jpeg, mode="eval", test_num_segment=2, test_num_crop=3)
     gpu = list(DaliLoader(dataclasses.replace(cfg, decode_device="gpu")))
@@ -70,11 +61,6 @@ def test_window_decoding_on_the_gpu_gives_the_pixels_of_whole_frames(jpeg, load)
 def test_exact_resume_and_finetune_graph_on_the_gpu(jpeg):
     cfg = config(jpeg, mode="finetune", rand_augment_n=2, erase_prob=0.5, dtype="bfloat16", flip=True,
                  decode_pipelines=2)
-    uninterrupted = take(DaliLoader(cfg), 5)
-    first = DaliLoader(cfg)
-    head = take(first, 2)
-    resumed = DaliLoader(cfg)
-    resumed.load_state_dict(first.state_dict())
-    for x, y in zip(uninterrupted, head + take(resumed, 3)):
+    for x, y in zip(*with_a_resume(lambda: DaliLoader(cfg), 5, 2)):
         assert x["video"].is_cuda and x["video"].dtype == torch.bfloat16
         assert x["key"] == y["key"] and torch.equal(x["video"], y["video"])
