@@ -145,6 +145,24 @@ def frames_decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int |
     return build(graph, cfg.batch_size * frames_per_clip(cfg), cfg, device_id, seed)
 
 
+def frame_inputs(cfg: DataConfig, clips: dict[str, list]) -> dict[str, list]:
+    """The frames graph's inputs, one per frame, from per-clip inputs ('jpegs': each clip's frames_per_clip
+    JPEGs; 'windows', 'boxes', 'flips'[, 'augment']: per clip). Frames are ordered (output frame t, clip, temporal
+    view g), so that the graph's output is (T, B, G, Vf, C, S, S) in memory, which the loader views as the batch's
+    (B*G*Vf, C, T, S, S) rows without a copy; each frame carries its clip's window and its temporal view's boxes,
+    flips and RandAugment choices."""
+    per_view, t_count = views_per_frame(cfg), cfg.num_frames
+    g_count = frames_per_clip(cfg) // t_count
+    order = [(c, g) for c in range(len(clips["jpegs"])) for g in range(g_count)]
+    flat = {"jpegs": [clips["jpegs"][c][g * t_count + t] for t in range(t_count) for c, g in order]}
+    if "windows" in clips:
+        flat["windows"] = [clips["windows"][c] for _ in range(t_count) for c, _ in order]
+    for name in ("boxes", "flips", "augment"):
+        if name in clips:
+            flat[name] = [clips[name][c][g * per_view:(g + 1) * per_view] for _ in range(t_count) for c, g in order]
+    return flat
+
+
 def view_inputs(cfg: DataConfig):
     """External sources of the views' boxes ((V, 4): y0, x0, y1, x1), flips ((V,)) and RandAugment choices
     ((V, n, 2), or None without RandAugment)."""

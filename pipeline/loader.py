@@ -30,8 +30,7 @@ import torch
 from pipeline import frames
 from pipeline.config import DataConfig
 from pipeline.feeder import END, Feeder
-from pipeline.graph import (RAND_AUGMENT_OPS, decode_pipeline, frames_decode_pipeline, frames_per_clip,
-                            reader_pipeline, views_per_frame)
+from pipeline.graph import RAND_AUGMENT_OPS, decode_pipeline, frame_inputs, frames_decode_pipeline, reader_pipeline
 from pipeline.masking import draw_masks, random_erase
 from pipeline.ranks import rank_and_world
 from pipeline.sampling import augment_choices, crop_boxes, derive_seed, frame_indices
@@ -225,18 +224,24 @@ class DaliLoader:
                 return
             self._submit(batch)
 
-    def _read_batch(self) -> _Batch | None:
-        """The next batch of this epoch from the reader graph, with its sampling decided; None at epoch end."""
+    def _reader_rows(self) -> tuple[tuple, int]:
+        """The reader graph's next batch of this epoch on this rank and how many of its rows count (0: the end)."""
         out, rows = None, 0
         while self._reader_pos < len(self._plan) and not rows:
             out = self._run_reader()
             rows = self._plan[self._reader_pos]
             self._reader_pos += 1
-        if not rows:
-            return None
-        while self._reader_pos < len(self._plan) and not any(self._plan[self._reader_pos:]):
+        while rows and self._reader_pos < len(self._plan) and not any(self._plan[self._reader_pos:]):
             self._run_reader()  # nothing more to yield this epoch: run the reader to the epoch's end
             self._reader_pos += 1
+        return out, rows
+
+    def _read_batch(self) -> _Batch | None:
+        """The next batch of this epoch from the reader graph, with its sampling decided and, for JPEG-frame
+        shards, its frames read; None at epoch end."""
+        out, rows = self._reader_rows()
+        if not rows:
+            return None
         if self.shards.frames:
             counts, labels, metas, u_time, u_space = out
             members = metas  # the .json's source_info names the sample
@@ -265,8 +270,8 @@ class DaliLoader:
                 inputs.update(frame_inputs)
             else:
                 inputs.update(encoded=np.array(members[i]), indices=indices)
-            for name_, value in inputs.items():
-                batch.inputs.setdefault(name_, []).append(value)
+            for input_name, value in inputs.items():
+                batch.inputs.setdefault(input_name, []).append(value)
             batch.keys.append(key)
             batch.sources.append(f"{tar}:{offset}")
             batch.sizes.append((height, width))
@@ -316,25 +321,9 @@ class DaliLoader:
         self._in_flight.append(batch)
 
     def _feed(self, pipe, batch: _Batch) -> None:
-        inputs = self._flat_frames(batch) if self.shards.frames else batch.inputs
+        inputs = frame_inputs(self.cfg, batch.inputs) if self.shards.frames else batch.inputs
         for name, data in inputs.items():
             pipe.feed_input(name, data)
-
-    def _flat_frames(self, batch: _Batch) -> dict[str, list]:
-        """The frames graph's inputs, one per frame, in the order (output frame t, clip, temporal view g), so that
-        its output is (T, B, G, Vf, C, S, S) in memory: `_views` turns that into the batch's rows without a copy.
-        Each frame carries its clip's window and its temporal view's boxes, flips and RandAugment choices."""
-        per_view = views_per_frame(self.cfg)
-        t_count, g_count = self.cfg.num_frames, frames_per_clip(self.cfg) // self.cfg.num_frames
-        order = [(c, g) for c in range(len(batch.keys)) for g in range(g_count)]
-        flat = {"jpegs": [batch.inputs["jpegs"][c][g * t_count + t] for t in range(t_count) for c, g in order]}
-        if "windows" in batch.inputs:
-            flat["windows"] = [batch.inputs["windows"][c] for _ in range(t_count) for c, _ in order]
-        for name in ("boxes", "flips", "augment"):
-            if name in batch.inputs:
-                flat[name] = [batch.inputs[name][c][g * per_view:(g + 1) * per_view]
-                              for _ in range(t_count) for c, g in order]
-        return flat
 
     def _views(self, batch: _Batch, views, shapes) -> torch.Tensor:
         """The decode graph's output as the batch's (B*V, C, T, S, S) views, after checking that the decoded

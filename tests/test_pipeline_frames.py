@@ -128,13 +128,14 @@ def test_a_sampling_the_frame_step_cannot_serve_is_refused_in_one_line(shards, c
 
 def test_num_sample_views_decode_each_clip_once(shards, monkeypatch):
     fed = []
-    real = DaliLoader._feed
+    real = loader_module.frame_inputs
 
-    def counting(self, pipe, batch):
-        fed.append((len(batch.keys), len(self._flat_frames(batch)["jpegs"])))
-        return real(self, pipe, batch)
+    def counting(cfg, clips):
+        flat = real(cfg, clips)
+        fed.append((len(clips["jpegs"]), len(flat["jpegs"])))
+        return flat
 
-    monkeypatch.setattr(DaliLoader, "_feed", counting)
+    monkeypatch.setattr(loader_module, "frame_inputs", counting)
     batches = epoch_of(DaliLoader(config(shards["jpeg"], num_sample=3, flip=True)))
     assert sum(clips for clips, _ in fed) == NUM_CLIPS
     assert all(frames == 8 * clips for clips, frames in fed)  # T frames per clip, whatever num_sample
