@@ -67,7 +67,7 @@ class DataConfig:
     # JPEG-frame shards on a GPU: share of the JPEGs nvJPEG gives its hardware engines (A100, H100), the rest to
     # CUDA; 0.65 is DALI's own default, not yet measured here (`bench loader` over values on a GPU sets it)
     hw_decoder_load: float = 0.65
-    prefetch: int = 2  # batches in flight per decoding pipeline
+    prefetch: int = 2  # batches in flight per decoding pipeline, and decoded batches waiting for the training step
     shuffle_buffer: int = 256  # samples; training splits only
     drop_last: bool = False  # True: every rank yields the same number of full batches (DDP training)
     seed: int = 0
