@@ -61,8 +61,9 @@ class DataConfig:
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"
     decode_pipelines: int = 1  # decoding pipelines per GPU run side by side (NVDEC has several engines)
     # JPEG-frame shards: decode only the part of each frame a clip's views need (DALI's ROI decoder), else whole
-    # frames; the same pixels either way (within one grey level of the resize's rounding). Faster on the CPU (BENCHMARKS.md); whether the GPU's hardware JPEG
-    # engines decode ROIs as fast is not measured yet (`bench loader --set data.roi_decode=false` decides)
+    # frames; the same pixels either way (within one grey level of the resize's rounding). It saves decoding work
+    # in proportion to the crop; which is faster end to end is not measured on a quiet machine or a GPU yet
+    # (`bench loader SHARDS --set data.roi_decode=false` against the default decides; .ci/gpu-checks runs both)
     roi_decode: bool = True
     # JPEG-frame shards on a GPU: share of the JPEGs nvJPEG gives its hardware engines (A100, H100), the rest to
     # CUDA; 0.65 is DALI's own default, not yet measured here (`bench loader` over values on a GPU sets it)

@@ -2,9 +2,9 @@
 
 The webdataset library reads the shards, PyAV decodes in torch DataLoader workers (seeking to the keyframe
 before the first wanted frame, as decord does in the official VideoMAE code; JPEG-frame shards: Pillow decodes
-the stored frames that hold the wanted ones), torch crops, resizes and normalises. Frame indices, crop boxes, flips and masks come from the same functions as the DALI path
-(`pipeline.sampling`, `pipeline.masking`); only the uniform draws come from a numpy Generator per worker.
-Batches have the DaliLoader's layout.
+the stored frames that hold the wanted ones), torch crops, resizes and normalises. Frame indices, crop boxes,
+flips and masks come from the same functions as the DALI path (`pipeline.sampling`, `pipeline.masking`); only the
+uniform draws come from a numpy Generator per worker. Batches have the DaliLoader's layout.
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ def record_rows(bench: str, cfg: TrainConfig, result: dict, config_path: str | N
     `argv`: the command's arguments after `bench` (default: this process's)."""
     info = machine()
     device = info["gpu"] or f"{info['cpu']} ({info['cpu_cores']} cores)"
-    base = {"bench": bench, "device": device, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    base = {"bench": bench, "device": device, "date": date,
             "commit": commit(), "command": shlex.join(["bench", *(sys.argv[1:] if argv is None else argv)]),
             "config": config_path, "model": cfg.model.size if bench in ("model", "e2e", "loop") else None,
             "batch_size": cfg.data.batch_size, "num_frames": cfg.data.num_frames, "input_size": cfg.data.input_size,
