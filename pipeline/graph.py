@@ -117,8 +117,8 @@ def frames_decode_pipeline(cfg: DataConfig, decode_device: str, device_id: int |
     'boxes' ((Vf, 4): the views' boxes in window pixels), 'flips' ((Vf,)) and, in fine-tuning with RandAugment,
     'augment' ((Vf, n, 2)); every frame of a clip gets its clip's values.
 
-    `data.roi_decode` decodes only the window (DALI's ROI decoder, `image_slice`), else the whole frame (the
-    window is then the frame). On a GPU (`decode_device` 'gpu') nvJPEG decodes, splitting the work between the
+    `data.roi_decode` decodes only the window (DALI's ROI decoder, `image_slice`), else the whole frame (no
+    'windows' input; the boxes are in frame pixels). On a GPU (`decode_device` 'gpu') nvJPEG decodes, splitting the work between the
     hardware JPEG engines and CUDA by `data.hw_decoder_load`.
 
     Outputs: views (Vf x C x S x S per frame) and each JPEG's (H, W, C) as its header says, to check against the
