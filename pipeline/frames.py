@@ -91,7 +91,7 @@ def check_frame_step(cfg: DataConfig, frame_step: int, root: str | Path) -> None
     multiples of sampling_rate apart, so S must divide it; the segment sampler takes any frame, so S must be 1."""
     if frame_step == 1:
         return
-    fix = f"shard the clips again with a --frame-step that divides it (1 keeps every frame)"
+    fix = "shard the clips again with a --frame-step that divides it (1 keeps every frame)"
     if cfg.sampler == "segment":
         raise ValueError(f"{root} holds JPEG frames at frame step {frame_step} (every {frame_step}th frame kept), "
                          f"and data.sampler 'segment' may take any frame; {fix}")
