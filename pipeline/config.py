@@ -56,10 +56,19 @@ class DataConfig:
     # execution
     batch_size: int = 8  # decoded clips per batch
     num_threads: int = 4  # DALI worker threads per pipeline (reference loader: DataLoader workers)
-    # auto: NVDEC when CUDA is present, until `bench decode` on a GPU says when CPU decoding is faster
+    # auto: NVDEC (video) or nvJPEG (JPEG frames) when CUDA is present, until `bench decode` on a GPU says when
+    # CPU decoding is faster; not yet measured on a GPU for either format
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"
     decode_pipelines: int = 1  # decoding pipelines per GPU run side by side (NVDEC has several engines)
-    prefetch: int = 2  # batches in flight per decoding pipeline
+    # JPEG-frame shards: decode only the part of each frame a clip's views need (DALI's ROI decoder), else whole
+    # frames; the same pixels either way (within one grey level of the resize's rounding). It saves decoding work
+    # in proportion to the crop; which is faster end to end is not measured on a quiet machine or a GPU yet
+    # (`bench loader SHARDS --set data.roi_decode=false` against the default decides; .ci/gpu-checks runs both)
+    roi_decode: bool = True
+    # JPEG-frame shards on a GPU: share of the JPEGs nvJPEG gives its hardware engines (A100, H100), the rest to
+    # CUDA; 0.65 is DALI's own default, not yet measured here (`bench loader` over values on a GPU sets it)
+    hw_decoder_load: float = 0.65
+    prefetch: int = 2  # batches in flight per decoding pipeline, and decoded batches waiting for the training step
     shuffle_buffer: int = 256  # samples; training splits only
     drop_last: bool = False  # True: every rank yields the same number of full batches (DDP training)
     seed: int = 0
@@ -94,6 +103,8 @@ class DataConfig:
             raise ValueError(f"rand_augment_n must be >= 0, got {self.rand_augment_n}")
         if not 0 <= self.rand_augment_m <= 10:
             raise ValueError(f"rand_augment_m must be in [0, 10], got {self.rand_augment_m}")
+        if not 0 <= self.hw_decoder_load <= 1:
+            raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
         if not 0 <= self.erase_prob <= 1:
             raise ValueError(f"erase_prob must be in [0, 1], got {self.erase_prob}")
         if self.decoder_mask == "running_cell" and self.grid_size % 2:

@@ -1,31 +1,34 @@
 """`ReferenceLoader`: what a user would write without DALI, for `bench` and for CPU training from any codec.
 
 The webdataset library reads the shards, PyAV decodes in torch DataLoader workers (seeking to the keyframe
-before the first wanted frame, as decord does in the official VideoMAE code), torch crops, resizes and
-normalises. Frame indices, crop boxes, flips and masks come from the same functions as the DALI path
-(`pipeline.sampling`, `pipeline.masking`); only the uniform draws come from a numpy Generator per worker.
-Batches have the DaliLoader's layout.
+before the first wanted frame, as decord does in the official VideoMAE code; JPEG-frame shards: Pillow decodes
+the stored frames that hold the wanted ones), torch crops, resizes and normalises. Frame indices, crop boxes,
+flips and masks come from the same functions as the DALI path (`pipeline.sampling`, `pipeline.masking`); only the
+uniform draws come from a numpy Generator per worker. Batches have the DaliLoader's layout.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import random
 import struct
 
 import av
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn.functional as F
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
 
+from pipeline import frames as jpeg_frames
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from pipeline.loader import _rank_and_world
 from pipeline.masking import draw_masks, random_erase
+from pipeline.ranks import rank_and_world
 from pipeline.sampling import crop_boxes, derive_seed, frame_indices, resize_antialias, space_draws
-from pipeline.shards import VIDEO_EXTENSIONS, check_unchanged, find_shards
+from pipeline.shards import FRAMES_EXTENSION, VIDEO_EXTENSIONS, check_unchanged, find_shards
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # broadcast over (C, T, H, W)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
@@ -51,6 +54,16 @@ def decode_frames(data: bytes, indices: np.ndarray) -> np.ndarray:
         if index in wanted:
             got[index] = latest
     return np.stack([got[int(i)] for i in indices])
+
+
+def decode_jpeg_frames(sample: dict, indices: np.ndarray) -> torch.Tensor:
+    """Frames `indices` of a JPEG-frame sample as (len(indices), H, W, 3) uint8: the stored frames holding them."""
+    member = sample[FRAMES_EXTENSION]
+    meta = json.loads(sample["json"])
+    offsets = jpeg_frames.frame_offsets(meta, len(member))
+    stored = jpeg_frames.stored_indices(indices, meta["frame_step"])
+    images = [np.asarray(Image.open(io.BytesIO(member[offsets[k]:offsets[k + 1]])).convert("RGB")) for k in stored]
+    return torch.from_numpy(np.stack(images))
 
 
 def _decode(container, stream, wanted, last, rate, base, start, seek_to) -> dict[int, np.ndarray]:
@@ -103,10 +116,13 @@ class ClipTransform:
             worker = get_worker_info()
             worker_id = worker.id if worker else 0
             self.rng = np.random.default_rng(derive_seed(cfg.seed, self.shard_id, 3, self.epoch, worker_id))
-        ext = next(e for e in VIDEO_EXTENSIONS if e in sample)
         num_available = struct.unpack("<i", sample["frames"])[0]
         indices = frame_indices(cfg, num_available, self.rng.random(cfg.num_frames))
-        frames = torch.from_numpy(decode_frames(sample[ext], indices))  # (F, H, W, 3) uint8
+        if FRAMES_EXTENSION in sample:
+            frames = decode_jpeg_frames(sample, indices)  # (F, H, W, 3) uint8
+        else:
+            ext = next(e for e in VIDEO_EXTENSIONS if e in sample)
+            frames = torch.from_numpy(decode_frames(sample[ext], indices))
         height, width = frames.shape[1:3]
         boxes, flips = crop_boxes(cfg, height, width, self.rng.random((cfg.num_views, space_draws(cfg))))
         views = []
@@ -143,12 +159,14 @@ class ReferenceLoader:
     def __init__(self, cfg: DataConfig, device: str | torch.device = "cpu", num_workers: int | None = None,
                  shard_id: int | None = None, num_shards: int | None = None):
         self.cfg = cfg
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         self.shard_id = rank if shard_id is None else shard_id
         self.num_shards = world if num_shards is None else num_shards
         self.device = torch.device(device)
         self.num_workers = cfg.num_threads if num_workers is None else num_workers
         self.shards = find_shards(cfg.shards, cfg.split)
+        if self.shards.frames:
+            jpeg_frames.check_frame_step(cfg, self.shards.frame_step, self.shards.root)
         self.tars = self.shards.tars[self.shard_id::self.num_shards]
         if not self.tars:
             raise ValueError(f"{len(self.shards.tars)} shards cannot be spread over {self.num_shards} ranks "

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.frames import EXTENSION as FRAMES_EXTENSION, JPEG  # the JPEG-frame member and codec
+
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")  # a sample's video member; DALI's reader takes ";".join(...)
 CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI's CPU video decoder reads; NVDEC reads more
 CODEC_ALIASES = {"libvpx": "vp8", "libvpx-vp9": "vp9", "avc": "h264", "avc1": "h264", "libx264": "h264",
@@ -35,12 +37,18 @@ class Shards:
     tars: list[str]
     indexes: list[str]
     sizes: list[int]  # samples per tar, from the index headers
-    codec: str
+    codec: str  # the video codec, or "jpeg" for JPEG-frame shards
     tar_bytes: list[int]  # size of each tar at start (checked against manifest.json): `check_unchanged` compares
+    frame_step: int = 1  # JPEG-frame shards: every frame_step-th frame of a clip is stored
 
     @property
     def num_samples(self) -> int:
         return sum(self.sizes)
+
+    @property
+    def frames(self) -> bool:
+        """JPEG-frame shards (`shard-videos --frames jpeg`), not video."""
+        return self.codec == JPEG
 
     def without(self, tar: str) -> "Shards":
         """These shards less `tar` (on_error: skip leaving out a shard that changed during the run)."""
@@ -84,8 +92,9 @@ def find_shards(root: str | Path, split: str) -> Shards:
     if missing:
         raise DamagedShard(f"{root}: manifest.json lists {len(missing)} shard(s) not on disk ({missing[0]}, ...); "
                            f"run `shard-videos verify {root}` and copy the missing shards")
+    frames = manifest.get("frames") or {}
     return Shards(root, split, [str(t) for t in tars], indexes, sizes, read_codec(manifest, tars[0], indexes[0]),
-                  tar_bytes)
+                  tar_bytes, int(frames.get("frame_step", 1)))
 
 
 class ChangedShard(DamagedShard):
@@ -133,10 +142,15 @@ def journal_input(root: Path) -> str:
         return "INPUT"
 
 
-def index_members(line: str, stride: int) -> list[tuple[str, int, int]]:
-    """(extension, data offset, size) of each member on one sample line of a DALI index."""
+def index_members(line: str, stride: int, names: bool = False) -> list[tuple]:
+    """(extension, data offset, size) of each member on one sample line of a DALI index; with `names`, the member's
+    file name as a fourth field (index format v1.2, which shard-videos writes)."""
     fields = line.split()
-    return [(fields[i], int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields) - 2, stride)]
+    if names and stride != 4:
+        raise ValueError("this DALI index has no member names (format older than v1.2); rebuild the shards with "
+                         "`shard-videos`")
+    return [(fields[i], int(fields[i + 1]), int(fields[i + 2]), *fields[i + 3:i + 3 + names])
+            for i in range(0, len(fields) - 2, stride)]
 
 
 def index_stride(header: str) -> int:
@@ -177,13 +191,29 @@ def read_codec(manifest: dict, tar: Path, index: str) -> str:
 
 def first_sample_meta(tar: Path, index: str) -> dict:
     """The `.json` member of the first sample, located through the index (no tar scan)."""
-    lines = Path(index).read_text().split("\n")
-    for ext, offset, size in index_members(lines[1], index_stride(lines[0])):
-        if ext == "json":
-            with open(tar, "rb") as f:
+    meta = first_samples(tar, index, 1, only=("json",))[0].get("json")
+    if meta is None:
+        raise ValueError(f"{tar}: the first sample has no .json member")
+    return json.loads(meta)
+
+
+def first_samples(tar: Path | str, index: str, count: int, only: tuple[str, ...] | None = None
+                  ) -> list[dict[str, bytes]]:
+    """The members (extension -> bytes; `only` these extensions) of the first `count` samples of a shard, read
+    through its index."""
+    lines = [line for line in Path(index).read_text().split("\n")[1:] if line.strip()]
+    stride = index_stride(Path(index).read_text().split("\n", 1)[0])
+    samples = []
+    with open(tar, "rb") as f:
+        for line in lines[:count]:
+            sample = {}
+            for ext, offset, size in index_members(line, stride):
+                if only is not None and ext not in only:
+                    continue
                 f.seek(offset)
-                return json.loads(f.read(size))
-    raise ValueError(f"{tar}: the first sample has no .json member")
+                sample[ext] = f.read(size)
+            samples.append(sample)
+    return samples
 
 
 def resolve_decode_device(requested: str) -> str:
@@ -205,7 +235,7 @@ def choose_decode_device(requested: str, shards: Shards) -> str:
     clips too small for NVDEC in a codec the CPU reads, said in one line), then checked."""
     device = resolve_decode_device(requested)
     small = nvdec_too_small(shards) if device == "gpu" else None
-    if small and requested == "auto" and shards.codec in CPU_CODECS:
+    if small and requested == "auto" and cpu_decodes(shards.codec):
         print(f"[pipeline] {small}: decoding on the CPU (decode_device: auto)", file=sys.stderr, flush=True)
         device = "cpu"
     elif small:
@@ -228,12 +258,18 @@ def nvdec_too_small(shards: Shards) -> str | None:
             f"{shards.codec} only from {side}x{side}")
 
 
+def cpu_decodes(codec: str) -> bool:
+    """Whether DALI's CPU decoders read shards of this codec (video codecs in CPU_CODECS, and JPEG frames)."""
+    return codec in CPU_CODECS or codec == JPEG
+
+
 def check_decodable(shards: Shards, decode_device: str) -> None:
     """Fail before training when the CPU decoder cannot read the shards' codec."""
-    if decode_device == "cpu" and shards.codec not in CPU_CODECS:
+    if decode_device == "cpu" and not cpu_decodes(shards.codec):
         why = "no CUDA GPU is available" if not torch.cuda.is_available() else "decode_device is 'cpu'"
         what = "several codecs (--codec copy)" if shards.codec == "mixed" else shards.codec
         raise RuntimeError(
             f"the shards in {shards.root} hold {what} video, but decoding runs on the CPU ({why}) and DALI's CPU "
-            f"decoder reads only {', '.join(CPU_CODECS)}. Re-encode them: "
-            f"`shard-videos INPUT {shards.root} --codec vp9`, or decode on a GPU (decode_device: gpu).")
+            f"decoder reads only {', '.join(CPU_CODECS)} and JPEG frames. Shard them again: "
+            f"`shard-videos INPUT {shards.root} --codec vp9` (or --frames jpeg), or decode on a GPU "
+            f"(decode_device: gpu).")

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from pipeline import frames
 from shard_tools.encode import CODECS
 from shard_tools.inputs import SPLIT_ORDER, Clip, Collection, InputError, load_collection
 from shard_tools.tarshard import ShardWriter, sample_bytes
@@ -331,7 +332,9 @@ def make_manifest(header: dict, collection: Collection, entries: list[dict], rej
     codecs = sorted({c for e in entries for c in e["codecs"]})
     containers = sorted({c for e in entries for c in e["containers"]})
     settings = {k: v for k, v in header.items() if k != "inputs_sha256"}
-    if header["codec"] != "copy":
+    if header["frames"]:
+        codecs, containers = [frames.JPEG], [frames.EXTENSION]
+    elif header["codec"] != "copy":
         codecs, containers = [header["codec"]], [CODECS[header["codec"]].extension]
     return {
         "format": FORMAT,
@@ -339,6 +342,8 @@ def make_manifest(header: dict, collection: Collection, entries: list[dict], rej
         "inputs_sha256": header["inputs_sha256"],
         "codec": codecs[0] if len(codecs) == 1 else "mixed",
         "container": containers[0] if len(containers) == 1 else "mixed",
+        "frames": {"format": header["frames"], "quality": header["quality"], "frame_step": header["frame_step"]}
+        if header["frames"] else None,
         "classes": collection.classes,
         "splits": splits,
         "shards": [{k: e[k] for k in ("name", "index", "split", "samples", "bytes", "sha256", "first_key",

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.errors import run_command
+from pipeline.frames import JPEG
 from shard_tools.build import RunConfig, build
 from shard_tools.encode import CODECS
 from shard_tools.inputs import InputError
@@ -26,8 +27,9 @@ from shard_tools.transcode import REJECT_KINDS, Settings
 
 DESCRIPTION = """\
 Turn a video collection into WebDataset tar shards for the DALI pipeline: per clip the video (transcoded, audio
-dropped), a .json of metadata and the frame count and label as 4-byte integers; per shard a DALI index; a
-manifest.json and a rejected.jsonl. Bad inputs are left out with a reason, never stop the run.
+dropped) or, with --frames jpeg, its frames as JPEG images in one member; a .json of metadata and the frame count
+and label as 4-byte integers; per shard a DALI index; a manifest.json and a rejected.jsonl. Bad inputs are left
+out with a reason, never stop the run.
 
 Inputs:
   a folder per class       INPUT/<class>/<clip>.avi|mp4|...        (split 'train'; --val-fraction splits off 'val')
@@ -80,14 +82,23 @@ def shard_parser() -> argparse.ArgumentParser:
                         help="videos a label file names but that do not exist go to rejected.jsonl instead of "
                              "stopping the run (Kinetics downloads usually miss some)")
     video = parser.add_argument_group("video")
-    video.add_argument("--codec", default="h264", choices=(*CODECS, "copy"),
+    video.add_argument("--codec", default=None, choices=(*CODECS, "copy"),
                        help="h264 (default; decoded by NVDEC on the GPU), hevc, mpeg4, vp9 or mjpeg (vp9 and mjpeg "
                             "also decode on the CPU in DALI), or copy (keep the source stream and container, drop "
                             "audio)")
+    video.add_argument("--frames", choices=(JPEG,), default=None,
+                       help="store each clip as JPEG frames instead of video (one member of concatenated JPEGs; "
+                            "decoded in one batched call per step, with no decoding from the clip's start; several "
+                            "times the bytes of H.264)")
+    video.add_argument("--quality", type=positive(int), default=None, help="--frames: JPEG quality (default 90)")
+    video.add_argument("--frame-step", type=positive(int), default=None,
+                       help="--frames: keep every S-th frame (default 1); S must divide the sampling rates you "
+                            "will train with, the loader refuses others")
     video.add_argument("--short-side", type=positive(int), default=None,
-                       help="resize so the short side is this many pixels, never upscale (default 320)")
+                       help="resize so the short side is about this many pixels, never upscale; sides are rounded "
+                            "to multiples of 16 (default 320)")
     video.add_argument("--fps", type=positive(float), default=None, help="cap on the frame rate (default: keep)")
-    video.add_argument("--gop", type=positive(int), default=32,
+    video.add_argument("--gop", type=positive(int), default=None,
                        help="keyframe interval in frames: a random window costs at most this many extra decodes "
                             "(default 32)")
     video.add_argument("--max-seconds", type=positive(float), default=None, help="keep at most the first this-many seconds of each clip")
@@ -175,14 +186,7 @@ def synth(args, console: Console) -> int:
 
 
 def shard(args, console: Console) -> int:
-    if args.codec == "copy":
-        given = [flag for flag, value in (("--short-side", args.short_side), ("--fps", args.fps)) if value]
-        if given:
-            raise InputError(f"{' and '.join(given)} need transcoding; --codec copy keeps the source stream as it is")
-    if args.workers < 0:
-        raise InputError(f"--workers must be 0 or more, got {args.workers}")
-    settings = Settings(codec=args.codec, short_side=None if args.codec == "copy" else (args.short_side or 320),
-                        fps=args.fps, gop=args.gop, max_seconds=args.max_seconds, min_frames=args.min_frames)
+    settings = shard_settings(args)
     config = RunConfig(input=args.input, out=args.out, labels=args.labels, split_id=args.split_id,
                        unlabelled=args.unlabelled, skip_missing=args.skip_missing, val_fraction=args.val_fraction,
                        seed=args.seed, shard_size=args.shard_size, settings=settings, workers=args.workers,
@@ -196,6 +200,31 @@ def shard(args, console: Console) -> int:
     if args.verify and not status:
         status = verify(verify_parser().parse_args([args.out]), console)
     return status
+
+
+def shard_settings(args) -> Settings:
+    """The transcoding settings of a `shard-videos` command line; refuses options that do not go together."""
+    if args.codec == "copy":
+        given = [flag for flag, value in (("--short-side", args.short_side), ("--fps", args.fps)) if value]
+        if given:
+            raise InputError(f"{' and '.join(given)} need transcoding; --codec copy keeps the source stream as it is")
+    if args.frames:
+        given = [flag for flag, value in (("--codec", args.codec), ("--gop", args.gop)) if value]
+        if given:
+            raise InputError(f"{' and '.join(given)} are for video shards; --frames {args.frames} stores JPEG frames "
+                             f"(set --quality and --frame-step instead)")
+    else:
+        given = [flag for flag, value in (("--quality", args.quality), ("--frame-step", args.frame_step)) if value]
+        if given:
+            raise InputError(f"{' and '.join(given)} are for JPEG-frame shards: add --frames jpeg")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise InputError(f"--quality must be 1..100, got {args.quality}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
+    codec = JPEG if args.frames else args.codec or "h264"
+    return Settings(codec=codec, short_side=None if codec == "copy" else (args.short_side or 320), fps=args.fps,
+                    gop=args.gop or 32, max_seconds=args.max_seconds, min_frames=args.min_frames, frames=args.frames,
+                    quality=args.quality or 90, frame_step=args.frame_step or 1)
 
 
 def print_summary(outcome, config: RunConfig, console: Console) -> None:

@@ -1,7 +1,9 @@
-"""The output codecs (encoder, container, settings) and a small writer of encoded video files with PyAV."""
+"""The output codecs (encoder, container, settings), a small writer of encoded video files with PyAV, and the
+writer of JPEG-frame samples (`--frames jpeg`, the format of pipeline/frames.py)."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -9,6 +11,9 @@ from typing import BinaryIO
 
 import av
 import numpy as np
+from PIL import Image
+
+from pipeline import frames
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class VideoWriter:
                                  container_options={"fflags": "+bitexact"})
         options = {**dict(spec.options), "g": str(gop), "keyint_min": str(gop)}
         self.stream = self.container.add_stream(spec.encoder, rate=self.rate, options=options)
+        self.pix_fmt = spec.pix_fmt  # what write() wants frames converted to
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, spec.pix_fmt
         self.stream.thread_count = 1  # parallelism comes from worker processes
         self.num_frames = 0
@@ -79,3 +85,36 @@ class VideoWriter:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.close(flush=exc_type is None)
+
+
+class JpegFramesWriter:
+    """Every `frame_step`-th frame written, as a baseline JPEG of `quality` (libjpeg-turbo through Pillow, 4:2:0
+    chroma), for one `.jpegs` member: `member()` gives its bytes and frame offsets. Same frames -> same bytes.
+
+    >>> writer = JpegFramesWriter(quality=90, frame_step=2)
+    >>> writer.write(rgb)  # (H, W, 3) uint8, or an av.VideoFrame
+    """
+
+    pix_fmt = "rgb24"
+
+    def __init__(self, quality: int = 90, frame_step: int = 1):
+        self.quality, self.frame_step = quality, frame_step
+        self.images: list[bytes] = []
+        self.num_frames = 0  # frames written, kept or not
+
+    def write(self, frame: np.ndarray | av.VideoFrame) -> None:
+        if self.num_frames % self.frame_step == 0:
+            rgb = frame.to_ndarray(format="rgb24") if isinstance(frame, av.VideoFrame) else frame
+            buffer = io.BytesIO()
+            Image.fromarray(rgb).save(buffer, "JPEG", quality=self.quality, subsampling="4:2:0")
+            self.images.append(buffer.getvalue())
+        self.num_frames += 1
+
+    def member(self) -> tuple[bytes, list[int]]:
+        return frames.pack(self.images)
+
+    def __enter__(self) -> "JpegFramesWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

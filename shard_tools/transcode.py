@@ -1,5 +1,6 @@
-"""One clip in, one sample out: probe, decode, check, resize/cap the frame rate/trim, encode (or remux with
-`--codec copy`), and count the frames that decode. Runs in worker processes; never raises on bad input.
+"""One clip in, one sample out: probe, decode, check, resize/cap the frame rate/trim, encode as video or as JPEG
+frames (or remux with `--codec copy`), and count the frames that decode. Runs in worker processes; never raises on
+bad input.
 
 A rejected clip comes back with a reason `<kind>: <details>`; the kinds are listed in REJECT_KINDS.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import av
 
-from shard_tools.encode import CODECS, COPY_MUXERS, VideoWriter
+from pipeline import frames
+from shard_tools.encode import CODECS, COPY_MUXERS, JpegFramesWriter, VideoWriter
 
 REJECT_KINDS = {
     "empty": "the file has 0 bytes",
@@ -38,13 +40,16 @@ class Settings:
     gop: int = 32  # keyframe interval, frames
     max_seconds: float | None = None  # keep at most this much of each clip
     min_frames: int = 16  # fewer decodable frames -> rejected
+    frames: str | None = None  # "jpeg": store JPEG frames (pipeline/frames.py) instead of video; codec is unused
+    quality: int = 90  # JPEG quality of stored frames
+    frame_step: int = 1  # store every frame_step-th frame
 
 
 @dataclass
 class Result:
-    video: bytes | None = None
-    extension: str = ""  # the sample member's extension: mp4, webm, mkv or avi
-    meta: dict | None = None  # num_frames, fps, width, height, codec, duration
+    video: bytes | None = None  # the encoded video, or the JPEG frames member
+    extension: str = ""  # the sample member's extension: mp4, webm, mkv, avi, or jpegs
+    meta: dict | None = None  # num_frames, fps, width, height, codec, duration (+ JPEG frames: frame_step, ...)
     reason: str | None = None  # why it was rejected; None when accepted
 
 
@@ -82,10 +87,10 @@ def encode_clip(path: Path, settings: Settings) -> tuple[bytes, str, dict]:
         declared = declared_frames(container, stream)
         if settings.codec == "copy":
             video, extension, cut = remux(container, stream, path, settings)
-            decoded = None
+            decoded, probe = None, None
         else:
-            video, extension, decoded, cut = transcode(container, stream, settings)
-    if decoded != 0:  # transcoding that decoded nothing leaves no output to probe
+            video, extension, decoded, cut, probe = transcode(container, stream, settings)
+    if decoded != 0 and probe is None:  # a video to probe (transcoding that decoded nothing leaves none)
         probe = probe_output(video)
         decoded = probe["num_frames"] if decoded is None else decoded
     if decoded == 0:
@@ -110,29 +115,37 @@ def declared_frames(container, stream) -> float | None:
     return None
 
 
+SIZE_MULTIPLE = 16  # DALI's NVDEC decoder cache looks decoders up by coded size: other sizes miss it every clip
+
+
 def output_size(width: int, height: int, sample_aspect: Fraction | None, short_side: int | None) -> tuple[int, int]:
-    """Square-pixel width and height with the source's display aspect ratio, short side at most `short_side`,
-    both even (4:2:0 needs it)."""
+    """Square-pixel width and height with the source's display aspect ratio, short side about `short_side` at most
+    (never upscaled), each side rounded to the nearest multiple of 16 (at least 16): NVDEC codes frames in 16x16
+    macroblocks, and DALI reuses its decoder only for such sizes; 4:2:0 JPEG frames are then whole 16x16 blocks."""
     if sample_aspect and sample_aspect > 0 and sample_aspect != 1:
         width = width * sample_aspect
     scale = min(1, Fraction(short_side) / min(width, height)) if short_side else 1
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in (width, height))
 
 
-def transcode(container, stream, settings: Settings) -> tuple[bytes, str, int, bool]:
-    """Decode every frame, keep those under the frame-rate cap and time limit, encode them; returns
-    (bytes, extension, frames decoded from the source, whether the clip was cut short on purpose)."""
+def transcode(container, stream, settings: Settings) -> tuple[bytes, str, int, bool, dict | None]:
+    """Decode every frame, keep those under the frame-rate cap and time limit, encode them as video or as JPEG
+    frames; returns (bytes, extension, frames decoded from the source, whether the clip was cut short on purpose,
+    the JPEG frames' metadata or None for video, which is probed afterwards)."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or rate <= 0:
         raise Rejected("unreadable: the video stream has no frame rate")
     out_rate = min(rate, Fraction(settings.fps).limit_denominator(1001)) if settings.fps else rate
-    spec = CODECS[settings.codec]
     context = stream.codec_context
     width, height = output_size(context.width, context.height, context.sample_aspect_ratio, settings.short_side)
     budget = int(settings.max_seconds * out_rate + 1e-6) if settings.max_seconds is not None else None  # frames
     buffer = io.BytesIO()
+    if settings.frames:
+        writer = JpegFramesWriter(settings.quality, settings.frame_step)
+    else:
+        writer = VideoWriter(buffer, settings.codec, width, height, out_rate, settings.gop)
     decoded, cut, first_time = 0, False, None
-    with VideoWriter(buffer, settings.codec, width, height, out_rate, settings.gop) as writer:
+    with writer:
         for frame in container.decode(stream):
             if writer.num_frames == budget:
                 cut = True
@@ -143,8 +156,15 @@ def transcode(container, stream, settings: Settings) -> tuple[bytes, str, int, b
             time -= first_time
             if out_rate < rate and time < writer.num_frames / float(out_rate) - 0.5 / float(rate):
                 continue  # dropped by the frame-rate cap
-            writer.write(frame.reformat(width=width, height=height, format=spec.pix_fmt, interpolation="AREA"))
-    return buffer.getvalue(), spec.extension, decoded, cut
+            writer.write(frame.reformat(width=width, height=height, format=writer.pix_fmt, interpolation="AREA"))
+    if not settings.frames:
+        return buffer.getvalue(), CODECS[settings.codec].extension, decoded, cut, None
+    member, offsets = writer.member()
+    fps = float(out_rate)
+    meta = {"num_frames": writer.num_frames, "fps": round(fps, 6), "width": width, "height": height,
+            "codec": frames.JPEG, "duration": round(writer.num_frames / fps, 6), "frame_step": settings.frame_step,
+            "quality": settings.quality, "frame_offsets": offsets}
+    return member, frames.EXTENSION, decoded, cut, meta
 
 
 def remux(container, stream, path: Path, settings: Settings) -> tuple[bytes, str, bool]:

@@ -5,6 +5,8 @@ GPU ('mixed', NVDEC) when DALI sees one, else DALI's CPU decoder. DALI's CPU dec
 MJPEG; samples in other codecs on a machine without a GPU are decoded with PyAV instead, and the report says so
 (the pipeline itself could not read them here). A sample passes when it has all its members, its `.json`
 parses, `.frames` and `.label` agree with the json, and the number of decoded frames equals `.frames`.
+JPEG-frame samples (`--frames jpeg`) pass when their frame offsets agree with the json and the member
+(`pipeline.frames.frame_offsets`), and every stored frame decodes with DALI's image decoder at the json's size.
 
 A folder without manifest.json (an unfinished `shard-videos` run) fails at once. What the loaders check at every
 start (`pipeline.shards.find_shards`: sizes against the indexes and the manifest) is cheap; the sha256 of every
@@ -25,10 +27,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline import frames as jpeg_frames
 from pipeline.shards import CPU_CODECS, VIDEO_EXTENSIONS, read_manifest
 from shard_tools.tarshard import INDEX_VERSION
 
 BATCH = 8  # samples per DALI run; a failing batch is decoded again sample by sample to name the bad one
+JPEG_BATCH = 64  # JPEG frames per DALI run
 
 
 @dataclass
@@ -56,16 +60,19 @@ class Sample:
     shard: str
     key: str
     members: dict[str, bytes]
-    video: bytes = b""  # set by check_members, with the two fields below
+    video: bytes = b""  # set by check_members, with the fields below
     frames: int = -1
     codec: str = ""
+    jpegs: list[np.ndarray] = field(default_factory=list)  # JPEG-frame samples: every stored frame
+    size: tuple[int, int] = (0, 0)  # (height, width) from the json
 
 
 def verify(out: str | Path, device: str = "auto", num_threads: int = 2, progress=None) -> Report:
     """Check every shard in `out`; device is 'auto', 'cpu' or 'gpu'."""
     out = Path(out)
     report = Report()
-    listed = read_manifest(out)["shards"]  # raises, naming the fix, on an unfinished run
+    manifest = read_manifest(out)  # raises, naming the fix, on an unfinished run
+    listed = manifest["shards"]
     tars = [out / s["name"] for s in listed]
     checksums = {s["name"]: s["sha256"] for s in listed}
     for stray in sorted(set(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) - set(tars)):
@@ -74,8 +81,10 @@ def verify(out: str | Path, device: str = "auto", num_threads: int = 2, progress
         raise FileNotFoundError(f"no shards (<split>-NNNNNN.tar) in {out}")
     use_gpu = gpu_available() if device == "auto" else device == "gpu"
     decoder = Decoder(use_gpu, num_threads)
-    report.notes.append("decoder: DALI fn.decoders.video, " + ("'mixed' (NVDEC on the GPU)" if use_gpu else
-                        "CPU backend (no GPU seen by DALI)" if device == "auto" else "CPU backend (--device cpu)"))
+    jpeg = manifest.get("frames") is not None
+    report.notes.append(f"decoder: DALI fn.decoders.{'image' if jpeg else 'video'}, " + (
+        f"'mixed' ({'nvJPEG' if jpeg else 'NVDEC'} on the GPU)" if use_gpu else
+        "CPU backend (no GPU seen by DALI)" if device == "auto" else "CPU backend (--device cpu)"))
     task = progress.add_task("verifying", total=len(tars)) if progress else None
     for tar in tars:
         report.shards += 1
@@ -137,11 +146,11 @@ def check_members(sample: Sample, report: Report) -> bool:
         report.failures.append(Failure(sample.shard, sample.key, problem))
         return False
 
-    videos = [e for e in sample.members if e in VIDEO_EXTENSIONS]
+    videos = [e for e in sample.members if e in (*VIDEO_EXTENSIONS, jpeg_frames.EXTENSION)]
     missing = [e for e in ("json", "frames", "label") if e not in sample.members]
     if len(videos) != 1 or missing:
-        return fail(f"members {sorted(sample.members)}: need one video ({'/'.join(VIDEO_EXTENSIONS)}), json, "
-                    f"frames and label")
+        return fail(f"members {sorted(sample.members)}: need one video ({'/'.join(VIDEO_EXTENSIONS)}) or JPEG "
+                    f"frames ({jpeg_frames.EXTENSION}), json, frames and label")
     try:
         meta = json.loads(sample.members["json"])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -155,6 +164,14 @@ def check_members(sample: Sample, report: Report) -> bool:
                     f"{meta.get('label_index')})")
     sample.video = sample.members[videos[0]]
     sample.frames, sample.codec = frames, str(meta.get("codec", "")).lower()
+    sample.size = (meta.get("height"), meta.get("width"))
+    if videos[0] == jpeg_frames.EXTENSION:
+        try:
+            offsets = jpeg_frames.frame_offsets(meta, len(sample.video))
+        except jpeg_frames.FrameError as error:
+            return fail(str(error))
+        data = np.frombuffer(sample.video, np.uint8)
+        sample.jpegs = [data[offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
     return True
 
 
@@ -164,10 +181,14 @@ class Decoder:
 
     def __init__(self, use_gpu: bool, num_threads: int):
         self.use_gpu, self.num_threads = use_gpu, num_threads
-        self.pipes: dict[int, object] = {}
+        self.pipes: dict[tuple[int, bool], object] = {}
         self.pyav_codecs: Counter = Counter()
 
     def check(self, samples: list[Sample], report: Report) -> None:
+        for sample in samples:
+            if sample.jpegs:
+                self.check_jpegs(sample, report)
+        samples = [s for s in samples if not s.jpegs]
         dali = [s for s in samples if self.use_gpu or s.codec in CPU_CODECS]
         for sample in samples:
             if sample not in dali:
@@ -204,24 +225,60 @@ class Decoder:
         try:
             frames, = pipe.run()
         except RuntimeError:
-            del self.pipes[len(batch)]  # start from a fresh pipeline after an error
+            del self.pipes[len(batch), False]  # start from a fresh pipeline after an error
             raise
         return [int(shape[0]) for shape in frames.shape()]
 
-    def pipeline(self, batch_size: int):
-        if batch_size not in self.pipes:
+    def check_jpegs(self, sample: Sample, report: Report) -> None:
+        """Every stored frame of a JPEG-frame sample decodes, at the json's size (a failing chunk is decoded again
+        frame by frame to name the frame)."""
+        name = "DALI mixed (nvJPEG)" if self.use_gpu else "DALI CPU"
+        report.decoders[name] += 1
+        for start in range(0, len(sample.jpegs), JPEG_BATCH):
+            chunk = sample.jpegs[start:start + JPEG_BATCH]
+            try:
+                shapes = self.jpeg_shapes(chunk)
+            except RuntimeError:
+                for k, jpeg in enumerate(chunk, start):
+                    try:
+                        self.jpeg_shapes([jpeg])
+                    except RuntimeError as error:
+                        return report.failures.append(Failure(sample.shard, sample.key, f"stored frame {k} does "
+                                                              f"not decode: {first_line(error)}"))
+                continue  # every frame decodes alone: a DALI batch problem, not the sample's
+            for k, (height, width) in enumerate(shapes, start):
+                if (height, width) != tuple(sample.size):
+                    return report.failures.append(Failure(sample.shard, sample.key, f"stored frame {k} is "
+                                                          f"{width}x{height}, the json says {sample.size[1]}x"
+                                                          f"{sample.size[0]}"))
+
+    def jpeg_shapes(self, jpegs: list[np.ndarray]) -> list[tuple[int, int]]:
+        pipe = self.pipeline(JPEG_BATCH, image=True)
+        pipe.feed_input("encoded", jpegs)
+        try:
+            images, = pipe.run()
+        except RuntimeError:
+            del self.pipes[JPEG_BATCH, True]
+            raise
+        return [(int(shape[0]), int(shape[1])) for shape in images.shape()]
+
+    def pipeline(self, batch_size: int, image: bool = False):
+        if (batch_size, image) not in self.pipes:
             from nvidia.dali import fn, pipeline_def, types
 
             @pipeline_def(batch_size=batch_size, num_threads=self.num_threads,
                           device_id=0 if self.use_gpu else None, prefetch_queue_depth=1)
             def decode():
                 encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-                return fn.decoders.video(encoded, device="mixed" if self.use_gpu else "cpu")
+                device = "mixed" if self.use_gpu else "cpu"
+                if image:
+                    return fn.decoders.image(encoded, device=device, output_type=types.RGB)
+                return fn.decoders.video(encoded, device=device)
 
             pipe = decode()
             pipe.build()
-            self.pipes[batch_size] = pipe
-        return self.pipes[batch_size]
+            self.pipes[batch_size, image] = pipe
+        return self.pipes[batch_size, image]
 
 
 def pyav_count(video: bytes) -> int | str:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from einops import rearrange
+from batches import take
 from fixtures_video import truncate
 from test_pipeline_official import official_test_crops
 from nvidia.dali import fn, pipeline_def, types
@@ -178,16 +179,6 @@ def test_two_ranks_cover_the_split_disjointly(shards):
 @pytest.mark.parametrize("mode", ["pretrain", "finetune"])
 def test_exact_resume(shards, mode):
     cfg = config(shards, mode=mode, num_sample=2, flip=True, decode_pipelines=2, rand_augment_n=2, erase_prob=0.5)
-
-    def take(loader, n):
-        out, it = [], iter(loader)
-        while len(out) < n:
-            try:
-                out.append(next(it))
-            except StopIteration:
-                it = iter(loader)
-        return out
-
     uninterrupted = take(DaliLoader(cfg), 9)  # crosses an epoch boundary (6 batches per epoch)
     first = DaliLoader(cfg)
     head = take(first, 4)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from batches import with_a_resume
 from einops import rearrange
 
 from pipeline.config import DataConfig
@@ -85,22 +86,7 @@ def test_nvdec_reads_codecs_the_cpu_cannot(shards, codec):
 
 def test_exact_resume_on_the_gpu(shards):
     cfg = config(shards["h264"], num_sample=2, flip=True, decode_pipelines=2)
-
-    def take(loader, n):
-        out, it = [], iter(loader)
-        while len(out) < n:
-            try:
-                out.append(next(it))
-            except StopIteration:
-                it = iter(loader)
-        return out
-
-    uninterrupted = take(DaliLoader(cfg), 5)
-    first = DaliLoader(cfg)
-    head = take(first, 2)
-    resumed = DaliLoader(cfg)
-    resumed.load_state_dict(first.state_dict())
-    for x, y in zip(uninterrupted, head + take(resumed, 3)):
+    for x, y in zip(*with_a_resume(lambda: DaliLoader(cfg), 5, 2)):
         assert x["key"] == y["key"] and torch.equal(x["video"], y["video"]) and torch.equal(x["mask"], y["mask"])
 
 

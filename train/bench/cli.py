@@ -18,7 +18,8 @@ from pipeline.errors import run_command
 from train.bench import __doc__ as COMMANDS
 from train.bench.e2e import bench_end_to_end
 from train.bench.loop import bench_loop
-from train.bench.loader import bench_decode, bench_loader, bench_masks, data_config
+from train.bench import records
+from train.bench.loader import bench_decode, bench_loader, bench_masks, compare_loaders, data_config
 from train.bench.model import bench_model
 from train.build import resolve_device
 from train.config import TrainConfig, load_train_config
@@ -39,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=help, description=help)
         if shards:
             p.add_argument("shards", help="a folder written by shard-videos (data.shards)")
+        p.add_argument("--record", nargs="?", const=str(records.DEFAULT), metavar="FILE",
+                       help=f"append the figures, with date, machine, commit and command, to FILE as JSON lines "
+                            f"(default {records.DEFAULT.relative_to(records.PROJECT_ROOT)})")
         p.add_argument("--config", help="a YAML config as `train` takes (default: TrainConfig's defaults)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="a config key, e.g. --set data.mask_ratio=0.75 (repeatable)")
@@ -59,10 +63,13 @@ def parser() -> argparse.ArgumentParser:
     counts(model, "warmup", 3, "untimed steps first")
 
     loader = add("loader", "clips/s of the DALI path or the reference loader on the same shards", shards=True)
+    loader.add_argument("more_shards", nargs="*", metavar="SHARDS",
+                        help="more shard folders, measured with the same settings and compared with the first")
     loader.add_argument("--loader", metavar="NAME", help="--set run.loader=NAME (dali or reference)")
     loader.add_argument("--mode", choices=MODES, default="pretrain", help="which graph (data.mode)")
     counts(loader, "batches", 20, "timed batches")
     counts(loader, "warmup", 3, "untimed batches first")
+    counts(loader, "rounds", 1, "rounds over the shard folders in turn; the median round counts")
 
     decode = add("decode", "the DALI path over decode devices, pipelines and threads: which is fastest",
                  shards=True)
@@ -70,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     decode.add_argument("--decode-pipelines", type=int, nargs="+", default=[1, 2, 4, 7],
                         help="data.decode_pipelines to try (an H100 has 7 NVDEC engines; default 1 2 4 7)")
     decode.add_argument("--mode", choices=MODES, default="pretrain", help="which graph (data.mode)")
+    decode.add_argument("--last-frames", type=int, nargs="+", metavar="K",
+                        help="last frame indices of the decoder-alone windows (default: 6 from 0 to the last frame)")
     counts(decode, "batches", 20, "timed batches per setting")
     counts(decode, "warmup", 3, "untimed batches first")
 
@@ -124,10 +133,14 @@ def settings(a: argparse.Namespace) -> TrainConfig:
 def run(cfg: TrainConfig, a: argparse.Namespace) -> dict:
     if a.command == "model":
         return bench_model(cfg, a.steps, a.warmup, a.optimizer)
+    if a.command == "loader" and (a.more_shards or a.rounds > 1):
+        return compare_loaders(cfg, [cfg.data.shards, *a.more_shards], mode=a.mode, batches=a.batches,
+                               warmup=a.warmup, rounds=a.rounds)
     if a.command == "loader":
         return bench_loader(cfg, mode=a.mode, batches=a.batches, warmup=a.warmup)
     if a.command == "decode":
-        return bench_decode(cfg, tuple(a.decode_pipelines), tuple(a.threads or ()), a.mode, a.batches, a.warmup)
+        return bench_decode(cfg, tuple(a.decode_pipelines), tuple(a.threads or ()), a.mode, a.batches, a.warmup,
+                            last_frames=tuple(a.last_frames or ()))
     if a.command == "masks":
         return bench_masks(cfg, a.repeats)
     if a.command == "loop":
@@ -136,14 +149,19 @@ def run(cfg: TrainConfig, a: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     a = parser().parse_args(argv)
-    return run_command("bench", lambda: bench(a), a.debug)
+    return run_command("bench", lambda: bench(a, argv), a.debug)
 
 
-def bench(a: argparse.Namespace) -> int:
-    result = run(settings(a), a)
+def bench(a: argparse.Namespace, argv: list[str]) -> int:
+    cfg = settings(a)
+    result = run(cfg, a)
     if a.json:
         print(json.dumps(result))
+    if a.record:
+        rows = records.record_rows(a.command, cfg, result, a.config, argv)
+        print(f"recorded {len(rows)} row(s) in {records.append(a.record, rows)}")
     return 0
 
 

@@ -26,7 +26,7 @@ import torch
 
 from train.bench.loader import forever
 from train.bench.machine import describe, machine
-from train.bench.model import Stepper, make_stepper
+from train.bench.model import Stepper, make_stepper, utilisation
 from train.build import make_loader, resolve_device
 from train.config import TrainConfig
 from train.engine import mask_counts
@@ -35,7 +35,9 @@ from train.engine import mask_counts
 def decoded_ahead(cfg: TrainConfig, loader: str) -> int:
     """Batches a loader decodes ahead of the training step (the reference loader's DataLoader: 2 per worker)."""
     if loader == "dali":
-        return cfg.data.prefetch * cfg.data.decode_pipelines
+        from pipeline.loader import batches_ahead  # DALI: imported where the DALI loader is measured
+
+        return batches_ahead(cfg.data)
     return 2 * cfg.data.num_threads
 
 
@@ -97,6 +99,8 @@ def bench_end_to_end(cfg: TrainConfig, steps: int = 10, warmup: int = 3, rounds:
                   f"{m['model_samples_per_s']:.2f} model alone, ratio {m['ratio']:.3f}, "
                   f"waiting for data {100 * m['data_wait_fraction']:.0f}% of the time")
     result = e2e_figures(cfg, decode, stepper, steps, warmup, measured)
+    result["achieved_tflops"], result["peak_tflops"], result["mfu"] = utilisation(
+        cfg, counts, result["samples_per_s"], stepper)
     if verbose:
         print_e2e(result)
     return result
@@ -132,5 +136,5 @@ def print_e2e(r: dict) -> None:
           f"{r['input_size']} mask {r['mask_ratio']} batch {rows} {r['precision']}"
           f"{' compiled' if r['compile'] else ''}, median of {len(r['rounds'])} rounds: {r['samples_per_s']:.2f} "
           f"samples/s end to end, {r['model_only_samples_per_s']:.2f} model alone (saturation "
-          f"{r['saturation']:.2f}, waiting for data {100 * r['data_wait_fraction']:.0f}% of the time) on "
-          f"{describe(r)}")
+          f"{r['saturation']:.2f}, waiting for data {100 * r['data_wait_fraction']:.0f}% of the time, MFU end to "
+          f"end {r['mfu']}) on {describe(r)}")

@@ -139,8 +139,7 @@ def model_figures(cfg: TrainConfig, stepper: Stepper, counts: tuple[int, int | N
     rows = cfg.data.batch_size * cfg.data.num_sample
     clips_per_s = steps * rows * cfg.optim.accum_steps / elapsed
     flops = pretrain_flops(cfg.model, *counts)
-    achieved = clips_per_s * flops["total"] / 1e12
-    peak = peak_tflops(info["gpu"]) if device.type == "cuda" and stepper.precision == "bf16" else None
+    achieved, peak, mfu = utilisation(cfg, counts, clips_per_s, stepper)
     return {
         "size": cfg.model.size, "batch_size": cfg.data.batch_size, "num_sample": cfg.data.num_sample,
         "rows": rows, "accum_steps": cfg.optim.accum_steps, "num_frames": cfg.data.num_frames,
@@ -150,12 +149,21 @@ def model_figures(cfg: TrainConfig, stepper: Stepper, counts: tuple[int, int | N
         "use_checkpoint": cfg.model.use_checkpoint, "steps": steps, "warmup": warmup,
         "warmup_s": round(warmup_s, 2), "step_ms": round(1000 * elapsed / steps, 2),
         "clips_per_s": round(clips_per_s, 3), "gflops_per_clip": round(flops["total"] / 1e9, 2),
-        "achieved_tflops": round(achieved, 3), "peak_tflops": peak if peak is not None else "unknown",
-        "mfu": round(achieved / peak, 4) if peak else "unknown",
+        "achieved_tflops": achieved, "peak_tflops": peak, "mfu": mfu,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if device.type == "cuda" else None,
         **info,
     }
+
+
+def utilisation(cfg: TrainConfig, counts: tuple[int, int | None], clips_per_s: float, stepper: Stepper
+                ) -> tuple[float, float | str, float | str]:
+    """(achieved TFLOP/s, the GPU's dense bf16 peak, model FLOPs utilisation) of pre-training steps at
+    `clips_per_s`; peak and MFU are 'unknown' off a GPU, in another precision or on a GPU not in the table."""
+    achieved = clips_per_s * pretrain_flops(cfg.model, *counts)["total"] / 1e12
+    gpu = machine()["gpu"] if stepper.device.type == "cuda" and stepper.precision == "bf16" else None
+    peak = peak_tflops(gpu) if gpu else None
+    return round(achieved, 3), peak or "unknown", round(achieved / peak, 4) if peak else "unknown"
 
 
 def print_model(cfg: TrainConfig, r: dict) -> None:
