@@ -2,7 +2,7 @@
 
     shard-videos INPUT OUT [options]     videos -> WebDataset shards (ARCHITECTURE.md section 1)
     shard-videos verify OUT              decode every sample of every shard, report failures
-    shard-videos synth OUT [options]     write a synthetic labelled collection (folder per class)
+    shard-videos synth OUT [options]     write a synthetic labelled collection (folder per class; digits: a list)
 """
 
 from __future__ import annotations
