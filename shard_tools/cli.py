@@ -2,7 +2,7 @@
 
     shard-videos INPUT OUT [options]     videos -> WebDataset shards (ARCHITECTURE.md section 1)
     shard-videos verify OUT              decode every sample of every shard, report failures
-    shard-videos synth OUT [options]     write a synthetic labelled collection (folder per class)
+    shard-videos synth OUT [options]     write a synthetic labelled collection (folder per class; digits: a list)
 """
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ import argparse
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.errors import run_command
+from pipeline.errors import first_line, run_command
 from pipeline.frames import JPEG
 from shard_tools.build import RunConfig, build
 from shard_tools.encode import CODECS
 from shard_tools.inputs import InputError
+from shard_tools.digits import INSTALL_HINT as DIGITS_INSTALL_HINT
+from shard_tools.digits import LABELS as DIGIT_LABELS
+from shard_tools.digits import LISTING, load_digits, make_digits
 from shard_tools.synthetic import MOTIONS, PRESETS, make_collection
 from shard_tools.transcode import REJECT_KINDS, Settings
 
@@ -120,26 +124,46 @@ def shard_parser() -> argparse.ArgumentParser:
 def synth_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shard-videos synth",
-        description="Write a synthetic labelled video collection, OUT/<class>/<class>_NNN.<ext>. The class is the "
-                    f"motion of the main object ({', '.join(m.name for m in MOTIONS)}; --classes N takes the first "
-                    f"N); shapes, colours, textures and backgrounds are random per clip.")
+        description="Write a synthetic labelled video collection. The motion presets write "
+                    f"OUT/<class>/<class>_NNN.<ext>: the class is the motion of the main object ({', '.join(m.name for m in MOTIONS)}; --classes N "
+                    f"takes the first N); shapes, colours, textures and backgrounds are random per clip. The digits "
+                    f"preset writes moving handwritten digits (scikit-learn's 1,797 bundled digits; needs "
+                    f"{DIGITS_INSTALL_HINT}), split by digit image into train / val / test, and OUT/{LISTING} listing "
+                    f"every clip with its split, digit image and motion: shard it with `shard-videos OUT/{LISTING} "
+                    f"SHARDS` (shard_tools/digits.py).")
     parser.add_argument("out")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+    parser.add_argument("--preset", default="default", choices=(*sorted(PRESETS), "digits"),
                         help="study: the collection `train study` uses (right, left, clockwise, counter-clockwise; "
-                             "a larger object brighter than the background; shard_tools/synthetic.py)")
-    parser.add_argument("--held-out", action="store_true",
+                             "a larger object brighter than the background; shard_tools/synthetic.py); digits: "
+                             "moving handwritten digits")
+    motion = parser.add_argument_group("the motion presets (default, study)")
+    motion.add_argument("--held-out", action="store_true",
                         help="draw the preset's test look (other shapes, textures and backgrounds) instead of its "
                              "training look")
-    parser.add_argument("--still", action="store_true",
+    motion.add_argument("--still", action="store_true",
                         help="write each clip as one of its frames repeated (the single-frame baseline)")
-    parser.add_argument("--classes", type=positive(int), default=4)
-    parser.add_argument("--clips-per-class", type=positive(int), default=4)
-    parser.add_argument("--frames", type=positive(int), default=48, help="frames per clip")
-    parser.add_argument("--height", type=positive(int), default=128)
-    parser.add_argument("--width", type=positive(int), default=160)
-    parser.add_argument("--fps", type=positive(int), default=25)
-    parser.add_argument("--codec", default="vp9", choices=("h264", "mpeg4", "vp9", "mjpeg"))
-    parser.add_argument("--seed", type=int, default=0)
+    motion.add_argument("--classes", type=positive(int), default=None, help="classes (default 4)")
+    motion.add_argument("--clips-per-class", type=positive(int), default=None, help="clips per class (default 4)")
+    digits = parser.add_argument_group("the digits preset")
+    digits.add_argument("--clips-per-digit", type=positive(int), default=None,
+                        help="clips per digit image, each with its own motion (default 2)")
+    digits.add_argument("--label", choices=DIGIT_LABELS, default=None,
+                        help="digit (10 classes, default), or direction: the direction of the motion (8 classes; "
+                             "the digit then reaches no border during a clip, which allows at most 7 frames at "
+                             "32x32)")
+    digits.add_argument("--digits", type=positive(int), default=None,
+                        help="use only this many of the 1,797 digit images (a seeded choice; default all)")
+    digits.add_argument("--workers", type=int, default=None,
+                        help="encoding processes (default: all cores; 0 = in this process)")
+    video = parser.add_argument_group("video")
+    video.add_argument("--frames", type=positive(int), default=None,
+                       help="frames per clip (default 48; digits 16)")
+    video.add_argument("--height", type=positive(int), default=None, help="default 128; digits 32")
+    video.add_argument("--width", type=positive(int), default=None, help="default 160; digits 32 (square only)")
+    video.add_argument("--fps", type=positive(int), default=25, help="default 25")
+    video.add_argument("--codec", default="vp9", choices=("h264", "mpeg4", "vp9", "mjpeg"), help="default vp9")
+    video.add_argument("--seed", type=int, default=0,
+                       help="draws the clips and, for digits, the split of the digit images (default 0)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
     return parser
 
@@ -175,13 +199,56 @@ def parse(argv: list[str]):
 
 
 def synth(args, console: Console) -> int:
-    with console.status(f"writing {args.classes} x {args.clips_per_class} synthetic clips to {args.out}"):
+    if args.preset == "digits":
+        return synth_digits(args, console)
+    given = [flag for flag, value in (("--clips-per-digit", args.clips_per_digit), ("--label", args.label),
+                                      ("--digits", args.digits), ("--workers", args.workers)) if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: only for --preset digits")
+    classes, per_class = args.classes or 4, args.clips_per_class or 4
+    frames, height, width = args.frames or 48, args.height or 128, args.width or 160
+    with console.status(f"writing {classes} x {per_class} synthetic clips to {args.out}"):
         preset = PRESETS[args.preset]
-        paths = make_collection(args.out, args.classes, args.clips_per_class, args.frames, (args.height, args.width),
-                                args.fps, args.codec, args.seed, preset.motions,
-                                preset.test if args.held_out else preset.train, args.still)
-    console.print(f"wrote {len(paths)} {args.codec} clips ({args.frames} frames, {args.width}x{args.height}, "
-                  f"{args.fps} fps) in {args.classes} class folders under {args.out}", soft_wrap=True)
+        paths = make_collection(args.out, classes, per_class, frames, (height, width), args.fps, args.codec,
+                                args.seed, preset.motions, preset.test if args.held_out else preset.train,
+                                args.still)
+    console.print(f"wrote {len(paths)} {args.codec} clips ({frames} frames, {width}x{height}, "
+                  f"{args.fps} fps) in {classes} class folders under {args.out}", soft_wrap=True)
+    return 0
+
+
+def synth_digits(args, console: Console) -> int:
+    given = [flag for flag, value in (("--classes", args.classes), ("--clips-per-class", args.clips_per_class),
+                                      ("--held-out", args.held_out), ("--still", args.still)) if value]
+    if given:
+        raise InputError(f"{', '.join(given)}: not for --preset digits (its classes are the 10 digits, its held-out "
+                         f"digit images are the val and test splits); see --clips-per-digit, --label, --digits")
+    size = args.height or args.width or 32
+    if (args.width or size) != size:
+        raise InputError(f"--preset digits writes square clips: --height {args.height} and --width {args.width} "
+                         f"differ")
+    workers = available_cores() if args.workers is None else args.workers
+    if workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {workers}")
+    frames, label = args.frames or 16, args.label or "digit"
+    try:
+        dataset = load_digits()
+    except ImportError as error:  # scikit-learn missing: the message says how to install it
+        raise InputError(first_line(error)) from None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"writing digit clips to {args.out}", total=None)
+        rows = make_digits(args.out, args.clips_per_digit or 2, frames, size, label=label, fps=args.fps,
+                           codec=args.codec, seed=args.seed, instances=args.digits, workers=workers, dataset=dataset,
+                           progress=lambda done, total: progress.update(task, completed=done, total=total))
+    counts = Counter(row.split for row in rows)
+    images = Counter(split for split, _ in {(row.split, row.instance) for row in rows})
+    listing = Path(args.out) / LISTING
+    console.print(f"wrote {len(rows)} {args.codec} clips ({frames} frames, {size}x{size}, {args.fps} fps; label: "
+                  f"{label}) under {args.out}: " + ", ".join(f"{split} {counts[split]} ({images[split]} digit images)"
+                                                              for split in counts) + f"; listed in {listing}",
+                  soft_wrap=True)
+    console.print(f"shard them with: shard-videos {listing} SHARDS --codec copy", soft_wrap=True, highlight=False)
     return 0
 
 
