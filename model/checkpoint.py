@@ -117,8 +117,9 @@ def read_checkpoint(source: str | os.PathLike | dict, trust_pickle: bool = False
             raise ValueError(f"{path}: the file holds Python objects beyond tensors ({e}); if you trust it, "
                              f"load it with trust_pickle=True") from e
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a file cut short, or damaged: torch's first line says where it stopped
-        raise ValueError(f"{path}: cannot be read ({first_line(e)}); it may be truncated or damaged") from e
+    except Exception as e:  # a file cut short, or damaged: torch's first sentence says where it stopped
+        reason = first_line(e).split(". ")[0]
+        raise ValueError(f"{path}: cannot be read ({reason}); it may be truncated or damaged") from e
 
 
 ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # how torch.save files start (zip archive; legacy pickle)

@@ -1,11 +1,13 @@
-"""The run folder: its lock, the resolved config, and the metrics (JSON lines, plus TensorBoard when installed).
+"""The run folder: its lock, the resolved config, the metrics (JSON lines, plus TensorBoard when installed) and the
+summary. Nothing in it changes before the run is accepted (`accept`): a refused run leaves the folder as it was.
 
     runs/<name>/
       config.yaml           the resolved TrainConfig (every key, defaults included)
       lock                  'pid host' of the process training into this folder, while it runs
-      metrics.jsonl         one JSON object per log line (step, epoch, loss, lr, clips/s, data wait, ...)
-      checkpoint-<step>.pt  the newest checkpoints (train/checkpoint.py)
+      metrics.jsonl         one JSON object per log line (step, epoch, loss, grad norm, lr, clips/s, data wait, ...)
+      checkpoint-<step>.pt  the newest checkpoints (train/checkpointer.py)
       pictures/             reconstruction pictures; loss.png at the end
+      summary.json          what the run did, written when it ends
       tensorboard/          event files, when the `tensorboard` package is installed
 """
 
@@ -19,9 +21,34 @@ from pathlib import Path
 
 import yaml
 
+from model import write_atomically
+
+METRICS, SUMMARY, CONFIG = "metrics.jsonl", "summary.json", "config.yaml"
+
 
 class RunLocked(RuntimeError):
     """Another live process trains into the same folder."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be made or written; the message names it and why."""
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl, in order; blank lines and a last line cut short by a kill are skipped. A
+    missing file has none."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # blank, or cut short by a run that was killed or is still writing
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def _alive(pid: int) -> bool:
@@ -33,17 +60,27 @@ def _alive(pid: int) -> bool:
 
 
 class RunFolder:
-    def __init__(self, path: Path, warn=print):
+    def __init__(self, path: str | Path, warn=print):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.lock_path = self.path / "lock"
-        self._locked = False
+        self.metrics_path = self.path / METRICS
         self._warn = warn
-        self._metrics = None
-        self._board = None
+        self._locked = self._created = self._accepted = False
+        self._metrics = self._board = None
 
     def lock(self) -> None:
-        """Take the folder's lock; a live holder on this host refuses, a dead one is taken over with a warning."""
+        """Make the folder if needed and take its lock; a live holder on this host refuses, a dead one is taken over
+        with a warning. RunFolderError, naming the folder, when it cannot be made or written."""
+        try:
+            self._created = not self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+        except OSError as e:  # a read-only place, a parent that is a file, ...
+            reason = (e.strerror or str(e)).lower()
+            raise RunFolderError(f"{self.path}: cannot write the run folder there ({reason}): choose another "
+                                 f"--out") from None
+
+    def _take_lock(self) -> None:
         me = f"{os.getpid()} {socket.gethostname()}"
         for _ in range(2):
             try:
@@ -71,17 +108,23 @@ class RunFolder:
         self._warn(f"taking over a stale lock: process {pid} that held {self.path} is no longer running")
         self.lock_path.unlink(missing_ok=True)
 
-    def unlock(self) -> None:
-        if self._locked:
-            self.lock_path.unlink(missing_ok=True)
-            self._locked = False
+    def accept(self, config: dict, start_step: int | None = None) -> None:
+        """The run goes ahead: write the resolved config. A training run starting at `start_step` drops the metrics
+        records of the later steps (those after the checkpoint it resumes from, or all of a run killed before its
+        first checkpoint): it logs them again."""
+        self._accepted = True
+        write_atomically(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        if start_step is not None and self.metrics_path.is_file():
+            kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= start_step]
+            write_atomically(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def write_config(self, plain: dict) -> None:
-        (self.path / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+    def summary(self) -> dict | None:
+        """summary.json of a run that ended, or None."""
+        path = self.path / SUMMARY
+        return json.loads(path.read_text()) if path.is_file() else None
 
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+    def write_summary(self, summary: dict) -> None:
+        write_atomically(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
     def log(self, record: dict) -> None:
         """Append one metrics record (flushed, so a killed run keeps every line it logged)."""
@@ -96,13 +139,18 @@ class RunFolder:
                     self._board.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
+        """Close the metrics, give the lock back; a folder this run made and never used is removed again."""
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
         if self._board is not None:
             self._board.close()
             self._board = None
-        self.unlock()
+        if self._locked:
+            self.lock_path.unlink(missing_ok=True)
+            self._locked = False
+        if self._created and not self._accepted and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
 
 
 def _tensorboard(path: Path):
@@ -112,20 +160,3 @@ def _tensorboard(path: Path):
     except ImportError:
         return None
     return SummaryWriter(str(path))
-
-
-def keep_metrics_until(path: Path, step: int) -> None:
-    """On resume from `step`: drop the records of later steps, which the resumed run logs again."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
-
-
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line).get("step", 0)
-    except json.JSONDecodeError:  # a line cut short by a kill
-        return float("inf")
