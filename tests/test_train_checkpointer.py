@@ -14,6 +14,8 @@ from train import checkpointer
 from train.checkpointer import Checkpointer, CheckpointError, TrainState
 from train.distributed import Env
 
+from unusable_checkpoints import unusable_checkpoints
+
 GEOMETRY = dict(size="tiny", num_frames=4, input_size=16, patch_size=8)
 ONE_PROCESS = Env(0, 1, 0, torch.device("cpu"))
 
@@ -121,20 +123,7 @@ def test_a_folder_with_checkpoints_is_refused_without_resume(tmp_path):
 
 @pytest.fixture
 def broken_files(tmp_path) -> dict[str, tuple[Path, str]]:
-    """Files a user may name as weights, each with what its one line says."""
-    good = tmp_path / "good.pt"
-    save_checkpoint(good, VideoMAEPretrain(ModelConfig(**GEOMETRY)))
-    cut = tmp_path / "cut.pt"
-    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    notes = tmp_path / "notes.txt"
-    notes.write_text("weights are in the other folder\n")
-    noise = tmp_path / "noise.bin"
-    noise.write_bytes(bytes(range(7, 256)) * 40)
-    config = tmp_path / "finetune.yaml"
-    config.write_text("mode: finetune\ndata:\n  batch_size: 8\nmodel:\n  size: tiny\n")
-    return {"truncated": (cut, "cannot be read"), "text": (notes, "a text file"),
-            "random bytes": (noise, "neither a PyTorch zip archive nor a pickle"),
-            "a YAML config": (config, "a YAML training config"), "missing": (tmp_path / "gone.pt", "no such file")}
+    return unusable_checkpoints(tmp_path, num_frames=4, input_size=16, patch_size=8)
 
 
 @pytest.mark.parametrize("kind", ["truncated", "text", "random bytes", "a YAML config", "missing"])

@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from model import ModelConfig, VideoMAEPretrain, save_checkpoint
 from train.cli import main as train_main
 
 from synthetic_shards import synthetic_shards
+from unusable_checkpoints import unusable_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -104,22 +103,11 @@ def test_a_refused_run_leaves_no_folder_behind(shards, tmp_path, capsys):
 def weights(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     """finetune.weights a user may give by mistake, each with what its one line says."""
     folder = tmp_path_factory.mktemp("weights")
-    good = folder / "pretrain.pt"
-    save_checkpoint(good, VideoMAEPretrain(ModelConfig(size="tiny", num_frames=8, input_size=32, patch_size=8)))
-    cut = folder / "cut.pt"
-    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    found = unusable_checkpoints(folder, num_frames=8, input_size=32, patch_size=8)
     run = folder / "run"
     run.mkdir()
-    (run / "checkpoint-00000004.pt").write_bytes(cut.read_bytes())
-    notes = folder / "notes.txt"
-    notes.write_text("the weights are on the cluster\n")
-    noise = folder / "noise.bin"
-    noise.write_bytes(bytes(range(3, 250)) * 50)
-    config = folder / "pretrain.yaml"
-    config.write_text("mode: pretrain\nmodel:\n  size: tiny\n")
-    return {"truncated": (cut, "cannot be read"), "a run folder, newest truncated": (run, "none of the 1 "),
-            "text": (notes, "a text file"), "random bytes": (noise, "neither a PyTorch zip archive nor a pickle"),
-            "a YAML config": (config, "a YAML training config")}
+    (run / "checkpoint-00000004.pt").write_bytes(found["truncated"][0].read_bytes())
+    return {**found, "a run folder, newest truncated": (run, "none of the 1 ")}
 
 
 # every kind in mode eval, which reaches the weights without building loaders; two in finetune: the same reading path

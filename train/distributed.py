@@ -32,6 +32,7 @@ class Env:
     local_rank: int
     device: torch.device
     control: object = None  # gloo process group for host-side agreements
+    precision: str = "fp32"  # of the forward: fp32, or bf16 / fp16 autocast on CUDA
 
     @property
     def is_main(self) -> bool:
@@ -64,20 +65,22 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def setup(device: str) -> Env:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1); otherwise one process."""
+def setup(device: str, precision: str = "fp32") -> Env:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); otherwise one process. `device` and
+    `precision` are run.device and run.precision."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    precision = resolve_precision(precision, dev)
     if world == 1:
-        return Env(0, 1, 0, dev)
+        return Env(0, 1, 0, dev, precision=precision)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
                             device_id=dev if dev.type == "cuda" else None)
     control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
-    return Env(rank, world, local_rank, dev, control)
+    return Env(rank, world, local_rank, dev, control, precision)
 
 
 def teardown(env: Env) -> None:

@@ -1,6 +1,6 @@
 """Multi-view evaluation of a classifier: softmax averaged over each video's views, gathered across ranks.
 
-    pred = evaluate(model, loader, env, precision, expected_views=data.num_views)   # on every rank
+    pred = evaluate(model, loader, env, expected_views=data.num_views)   # on every rank, at env.precision
     found = metrics(pred, class_names)              # top1, top5, per-class accuracy, confusion matrix
     write_report(run_dir, pred, class_names)        # eval.json, eval-predictions.jsonl, eval-confusion.png
 
@@ -153,12 +153,12 @@ def merge(parts: list[dict]) -> Predictions:
     return Predictions(keys, labels, sums / np.maximum(views, 1)[:, None], views)
 
 
-def evaluate(model: nn.Module, loader, env: Env, precision: str = "fp32",
+def evaluate(model: nn.Module, loader, env: Env, precision: str | None = None,
              expected_views: int | None = None) -> Predictions:
     """`predict` on every rank (in step), gather the parts, merge; every rank returns the same Predictions. With
     `expected_views`, a video that got a different number of views is an error naming the key (a loader bug,
     never silently averaged)."""
-    part = predict(model, loader, env.device, precision, env=env)
+    part = predict(model, loader, env.device, precision or env.precision, env=env)
     pred = merge(gather(part, env))
     if expected_views is not None:
         check_views(pred, expected_views)

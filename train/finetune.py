@@ -136,7 +136,7 @@ class Finetune:
         """Validate, log the figures as a metrics record, keep best.pt when top-1 is the best so far."""
         if self.val_loader is None:
             return
-        pred = evaluate(run.model, self.val_loader, self.env, run.precision, expected_views=1)
+        pred = evaluate(run.model, self.val_loader, self.env, expected_views=1)
         found, state = metrics(pred, self.names), run.state
         record = {"val_top1": found["top1"], "val_top5": found["top5"], "val_videos": found["num_videos"],
                   "step": state.step, "epoch": round(state.step / run.steps_per_epoch, 2), "time": time.time()}
@@ -157,8 +157,7 @@ class Finetune:
         cfg, state = self.cfg, run.state
         tested = None
         if cfg.finetune.test_split:
-            tested = test(run.model, cfg, self.env, run.precision, cfg.finetune.test_split, self.names,
-                          run.folder.path, run.say)
+            tested = test(run.model, cfg, self.env, cfg.finetune.test_split, self.names, run.folder.path, run.say)
         pictures = []
         if self.env.is_main and run.folder.metrics_path.is_file():
             pictures.append(save_accuracy_curve(run.folder.path / "pictures" / "accuracy.png",
@@ -167,13 +166,13 @@ class Finetune:
                 "test": None if not tested else {k: tested[k] for k in ("top1", "top5", "num_videos")}}
 
 
-def test(model: nn.Module, cfg: TrainConfig, env: distributed.Env, precision: str, split: str, names: list[str],
-         out_dir: Path, say) -> dict:
+def test(model: nn.Module, cfg: TrainConfig, env: distributed.Env, split: str, names: list[str], out_dir: Path,
+         say) -> dict:
     """The multi-view test of `model` on `split` (data.test_num_segment x test_num_crop views per video, softmax
     averaged); rank 0 writes eval-<split>.json, its predictions and the confusion matrix into `out_dir`."""
     data = eval_data(cfg.data, split, cfg.data.test_num_segment, cfg.data.test_num_crop)
     loader, _ = make_loader(data, cfg.run.loader, env.device)
-    pred = evaluate(model, loader, env, precision, expected_views=data.num_views)
+    pred = evaluate(model, loader, env, expected_views=data.num_views)
     if not env.is_main:
         return {}
     found = write_report(out_dir, pred, names, prefix=f"eval-{split}")
@@ -192,8 +191,7 @@ def evaluate_weights(cfg: TrainConfig, env: distributed.Env, folder, say) -> int
     """mode eval: the multi-view test of finetune.weights on data.split; the report goes into the run folder."""
     names = class_names(cfg)
     model = build_classifier(cfg, len(names), env.device, say)
-    precision = distributed.resolve_precision(cfg.run.precision, env.device)
     if env.is_main:
         folder.accept(to_dict(cfg))
-    test(model, cfg, env, precision, cfg.data.split, names, folder.path, say)
+    test(model, cfg, env, cfg.data.split, names, folder.path, say)
     return 0

@@ -118,8 +118,8 @@ def fit(run) -> tuple[int | None, dict | None]:
         while state.step < run.last_step:
             for batches, waited in groups_of(run.loader, cfg.optim.accum_steps):
                 lr = run.schedule.apply(run.optimizer, state.step)
-                out = train_step(run.wrapped, run.optimizer, batches, run.task.loss, run.precision, run.scaler,
-                                 cfg.optim.clip_grad)
+                out = train_step(run.wrapped, run.optimizer, batches, run.task.loss, run.env.precision,
+                                 run.scaler, cfg.optim.clip_grad)
                 state.step += 1
                 clips = sum(len(b["video"]) for b in batches)
                 state.clips += clips

@@ -57,7 +57,6 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     schedule: Schedule
-    precision: str
     steps_per_epoch: int
     last_step: int
     state: TrainState
@@ -73,7 +72,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | None = None, live
           loader=None) -> int:
     """Run `cfg` into `out_dir`; returns the exit code (0 done, 1 failed, 130 / 143 stopped by a signal).
     `loader`: batches to train on instead of the loader `cfg` names (`bench loop` passes batches held in memory)."""
-    env = distributed.setup(cfg.run.device)
+    env = distributed.setup(cfg.run.device, cfg.run.precision)
     say = Say(env.is_main)
     folder = RunFolder(out_dir, warn=say)
     run = None
@@ -103,7 +102,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | None = None, live
 
 def start(cfg: TrainConfig, env: distributed.Env, folder: RunFolder, say: Say, loader=None) -> Run:
     """Everything a run is built from, in the order the config names it; writes nothing."""
-    precision = distributed.resolve_precision(cfg.run.precision, env.device)
     task = Pretrain(cfg, env) if cfg.mode == "pretrain" else Finetune(cfg, env)
     decode = f"nothing ({type(loader).__name__})"
     if loader is None:
@@ -118,7 +116,7 @@ def start(cfg: TrainConfig, env: distributed.Env, folder: RunFolder, say: Say, l
     optimizer = build_optimizer(cfg.optim, model, task.layer_decay)
     if cfg.run.compile:
         wrapped = torch.compile(wrapped, fullgraph=env.world == 1)
-    scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
+    scaler = torch.amp.GradScaler(env.device.type) if env.precision == "fp16" else None
     schedule = make_schedule(cfg.optim, steps_per_epoch, cfg.lr_batch * env.world)
     total_steps = cfg.optim.epochs * steps_per_epoch
     state = TrainState()
@@ -126,14 +124,14 @@ def start(cfg: TrainConfig, env: distributed.Env, folder: RunFolder, say: Say, l
                                 scaler=scaler, loader=loader, state=state,
                                 entries={"config": to_dict(cfg), **task.entries})
     say(f"{cfg.mode} {cfg.model.size} model, {cfg.data.num_frames}x{cfg.data.input_size}x{cfg.data.input_size}, "
-        f"{task.describe}; {env.world} rank(s) on {env.device}, {precision}{', compiled' if cfg.run.compile else ''}"
+        f"{task.describe}; {env.world} rank(s) on {env.device}, {env.precision}{', compiled' if cfg.run.compile else ''}"
         f"; {cfg.run.loader} loader decoding on {decode}")
     say(f"{cfg.effective_batch * env.world} clips per step ({cfg.data.batch_size} x {cfg.data.num_sample} views x "
         f"{cfg.optim.accum_steps} accumulation x {env.world} ranks): lr {schedule.peak_lr:.3g} = base_lr "
         f"{cfg.optim.base_lr:g} x {cfg.lr_batch * env.world} / 256; {steps_per_epoch} steps per epoch, "
         f"{total_steps} in all, warm-up {schedule.warmup_steps}")
-    return Run(cfg, env, folder, say, task, loader, model, wrapped, optimizer, scaler, schedule, precision,
-               steps_per_epoch, min(total_steps, cfg.run.max_steps or total_steps), state, checkpointer)
+    return Run(cfg, env, folder, say, task, loader, model, wrapped, optimizer, scaler, schedule, steps_per_epoch,
+               min(total_steps, cfg.run.max_steps or total_steps), state, checkpointer)
 
 
 def resume_from(run: Run, resume: str | None) -> bool:

@@ -105,7 +105,7 @@ class Pretrain:
         video, mask = batch["video"][:rows], batch["mask"][:rows]
         decoder_mask = batch.get("decoder_mask")
         num_masked, num_decoded = self.loss.counts
-        with torch.no_grad(), autocast(self.env.device, run.precision):
+        with torch.no_grad(), autocast(self.env.device, self.env.precision):
             out = run.model(video, mask, None if decoder_mask is None else decoder_mask[:rows],
                             num_masked=num_masked, num_decoded=num_decoded)
         if not self.env.is_main:
