@@ -112,6 +112,15 @@ def test_two_ranks_train_on_disjoint_clips_and_match_one_process(ddp_run):
     assert summary["steps"] == STEPS
 
 
+def test_two_ranks_log_the_clips_per_second_of_the_whole_run(ddp_run):
+    _, out, done = ddp_run
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == STEPS
+    for r in records:  # one step a record (log_every 1): batch 2 on each of 2 ranks
+        assert r["clips_per_s"] * r["step_s"] == pytest.approx(2 * 2)
+
+
 @pytest.mark.slow
 def test_fsdp_trains_like_ddp_and_saves_whole_weights(ddp_run, tmp_path):
     config, ddp_out, _ = ddp_run  # the DDP run is the config's own (run.parallel: ddp)

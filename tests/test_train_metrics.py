@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import train.run
@@ -51,6 +52,15 @@ def test_the_gradient_norm_before_clipping_is_logged_and_shown(accumulated):
     assert all(r["grad_norm"] > 0.02 for r in logged)  # before clipping to optim.clip_grad
     lines = [line for line in printed.splitlines() if line.startswith("step ")]
     assert len(lines) == 4 and all(f"grad norm {r['grad_norm']:.3g}" in line for r, line in zip(logged, lines))
+
+
+def test_a_trailing_group_of_fewer_batches_than_accum_steps_is_not_trained_on(accumulated):
+    _, run, _ = accumulated
+    assert [r["epoch"] for r in records(run)] == [0, 0, 1, 1]  # 5 batches an epoch: 2 steps, the fifth left out
+    state = torch.load(run / "checkpoint-00000004.pt", weights_only=True)["train_state"]
+    assert (state["step"], state["epoch"], state["clips"]) == (4, 1, 4 * 12)
+    for r in records(run):  # a record covers one step (log_every 1) of 12 clips (views)
+        assert r["clips_per_s"] * r["step_s"] == pytest.approx(12)
 
 
 def test_the_lr_counts_accumulation_steps(accumulated):

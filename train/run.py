@@ -123,9 +123,10 @@ def start(cfg: TrainConfig, env: distributed.Env, folder: RunFolder, say: Say, l
     checkpointer = Checkpointer(folder.path, env, cfg.run.keep_checkpoints, say, model=model, optimizer=optimizer,
                                 scaler=scaler, loader=loader, state=state,
                                 entries={"config": to_dict(cfg), **task.entries})
+    compiled = ", compiled" if cfg.run.compile else ""
     say(f"{cfg.mode} {cfg.model.size} model, {cfg.data.num_frames}x{cfg.data.input_size}x{cfg.data.input_size}, "
-        f"{task.describe}; {env.world} rank(s) on {env.device}, {env.precision}{', compiled' if cfg.run.compile else ''}"
-        f"; {cfg.run.loader} loader decoding on {decode}")
+        f"{task.describe}; {env.world} rank(s) on {env.device}, {env.precision}{compiled}; {cfg.run.loader} loader "
+        f"decoding on {decode}")
     say(f"{cfg.effective_batch * env.world} clips per step ({cfg.data.batch_size} x {cfg.data.num_sample} views x "
         f"{cfg.optim.accum_steps} accumulation x {env.world} ranks): lr {schedule.peak_lr:.3g} = base_lr "
         f"{cfg.optim.base_lr:g} x {cfg.lr_batch * env.world} / 256; {steps_per_epoch} steps per epoch, "
