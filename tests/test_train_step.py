@@ -1,7 +1,7 @@
 """The training step (train/loop.py `train_step`) and the classification loss, on small models where every number
 can be worked out: what trainers most often get wrong. Gradient accumulation divides by the micro-batches, backward
-runs outside autocast, clipping bounds the norm the optimizer sees while the norm before clipping is reported, label
-smoothing stays on without mixup."""
+runs outside autocast, clipping bounds the norm the optimizer sees while the norm before clipping is reported, an
+infinite loss counts as not finite as NaN does, label smoothing stays on without mixup."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from torch import nn
 
 from train.config import FinetuneConfig
 from train.finetune import ClassifierLoss
-from train.loop import train_step
+from train.loop import Interval, train_step
 
 
 def mse(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -84,6 +84,15 @@ def test_clipping_bounds_the_norm_at_the_optimizer_step_and_the_norm_before_clip
     out = train_step(model, optimizer, data, mse, clip_grad=clip_grad)
     assert float(out["grad_norm"]) == pytest.approx(before, rel=1e-5)  # logged: the norm before clipping
     assert at_step[0] == pytest.approx(before if clip_grad is None else clip_grad, rel=1e-4)
+
+
+@pytest.mark.parametrize("poison", [float("inf"), float("-inf"), float("nan")])
+def test_the_first_step_with_a_loss_that_is_not_finite_is_kept_until_the_log(poison):
+    """What stops the run at the next log line or checkpoint (test_train.py runs one into a NaN)."""
+    interval = Interval(torch.device("cpu"))
+    for step, loss in enumerate([1.0, poison, 2.0, poison], start=1):
+        interval.add(step, {"loss": torch.tensor(loss), "grad_norm": torch.tensor(1.0)}, clips=2, waited=0.0)
+    assert int(interval.first_bad) == 2 and interval.steps == 4 and interval.clips == 8
 
 
 def test_label_smoothing_without_mixup_is_not_plain_cross_entropy():
