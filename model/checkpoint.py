@@ -24,13 +24,16 @@ import argparse
 import dataclasses
 import os
 import pickle
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import torch
 from torch import nn
+
+from pipeline.errors import first_line
 
 from .classifier import VideoMAEClassifier
 from .config import ModelConfig
@@ -38,6 +41,7 @@ from .huggingface import huggingface_config, huggingface_to_official, official_t
 from .videomae import VideoMAEPretrain
 
 FORMAT_VERSION = 1
+HF_FILES = ("model.safetensors", "pytorch_model.bin")  # the weights of a Hugging Face save_pretrained folder
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 
 
@@ -88,7 +92,7 @@ def read_checkpoint(source: str | os.PathLike | dict, trust_pickle: bool = False
         return source
     path = Path(source)
     if path.is_dir():
-        found = [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+        found = [path / name for name in HF_FILES if (path / name).is_file()]
         if not found:
             raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this folder")
         path = found[0]
@@ -101,6 +105,10 @@ def read_checkpoint(source: str | os.PathLike | dict, trust_pickle: bool = False
             raise ImportError(f"{path}: reading .safetensors needs the `safetensors` package "
                               f"(pip install safetensors)") from e
         return load_file(path)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise ValueError(f"{path}: not a TubeMAE checkpoint, nor a PyTorch file: {what_file(head)}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -109,6 +117,25 @@ def read_checkpoint(source: str | os.PathLike | dict, trust_pickle: bool = False
             raise ValueError(f"{path}: the file holds Python objects beyond tensors ({e}); if you trust it, "
                              f"load it with trust_pickle=True") from e
         return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a file cut short, or damaged: torch's first sentence says where it stopped
+        reason = first_line(e).split(". ")[0]
+        raise ValueError(f"{path}: cannot be read ({reason}); it may be truncated or damaged") from e
+
+
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # how torch.save files start (zip archive; legacy pickle)
+CONFIG_SECTIONS = re.compile(rb"^(mode|data|model|optim|run|finetune)\s*:", re.MULTILINE)
+
+
+def what_file(head: bytes) -> str:
+    """What a file that is not a checkpoint holds, from its first bytes."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"neither a PyTorch zip archive nor a pickle (it starts with bytes {head[:8].hex(' ')})"
+    if CONFIG_SECTIONS.search(head):
+        return "a YAML training config (give it to --config; finetune.weights takes a checkpoint or a run folder)"
+    start = " ".join(text.split())[:40]
+    return f"a text file (it starts with {start!r})" if start else "an empty file"
 
 
 def state_dict_of(obj: dict) -> tuple[dict[str, torch.Tensor], str]:
@@ -150,14 +177,15 @@ def _for_model(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str,
 
 
 def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, exclude: Iterable[str] = (),
-                 strict: bool = False, trust_pickle: bool = False) -> LoadReport:
+                 strict: bool = False, trust_pickle: bool = False, name: str | None = None) -> LoadReport:
     """Load a checkpoint of any supported layout into a VideoMAEPretrain or VideoMAEClassifier.
 
     exclude: key prefixes (model names) not to load, e.g. ("head.",) to start a new head from a fine-tuned
-    checkpoint with other classes. strict: raise if anything is missing or unexpected.
+    checkpoint with other classes. strict: raise if anything is missing or unexpected. name: what reports and
+    errors call the checkpoint when `source` is its dict, already read.
     """
     target = unwrap(model)
-    name = str(source) if not isinstance(source, dict) else "<state dict>"
+    name = name or (str(source) if not isinstance(source, dict) else "<state dict>")
     obj = read_checkpoint(source, trust_pickle)
     try:
         sd, layout = state_dict_of(obj)
@@ -198,18 +226,22 @@ def _kind(model: nn.Module) -> str:
     raise TypeError(f"expected a VideoMAEPretrain or VideoMAEClassifier, got {type(model).__name__}")
 
 
-def _save(obj: dict, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync it, rename it over `path`, fsync the folder: a crash
-    at any point leaves either the old file or the new one, never a half-written one under the real name."""
+def write_atomically(path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], object]) -> Path:
+    """Write `content` (bytes, text, or a function writing into a binary file) to a temporary file beside `path`,
+    fsync it, rename it over `path`, fsync the folder: a crash at any point leaves the old file or the new one, never
+    a half-written one under the real name. A failed write removes its temporary file; a killed one leaves
+    `<name>.tmp`, which the next write of `path` replaces."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    data = content.encode() if isinstance(content, str) else content
+    write = data if callable(data) else (lambda f: f.write(data))
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(path)
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -218,6 +250,11 @@ def _save(obj: dict, path: str | os.PathLike) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+    return path
+
+
+def _save(obj: dict, path: str | os.PathLike) -> None:
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -67,6 +67,10 @@ class VideoMAEClassifier(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return set()
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards as a unit, before the whole model: each encoder block."""
+        return list(self.blocks)
+
     def layer_id(self, name: str) -> int:
         """Depth of a parameter for layer-wise lr decay: 0 embedding, i + 1 block i, depth + 1 fc_norm and head."""
         if name.startswith("patch_embed."):

@@ -129,6 +129,11 @@ class VideoMAEPretrain(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards as a unit, before the whole model: each encoder and decoder block (its weights are
+        gathered for its own forward and backward only)."""
+        return [*self.encoder.blocks, *self.decoder.blocks]
+
     def forward(self, video: torch.Tensor, mask: torch.Tensor, decoder_mask: torch.Tensor | None = None, *,
                 num_masked: int | None = None, num_decoded: int | None = None) -> dict[str, torch.Tensor]:
         """video: B x 3 x T x H x W ImageNet-normalised; mask: B x N bool, True = masked (hidden from the encoder);

@@ -69,7 +69,7 @@ def test_yaml_and_overrides(tmp_path):
 # --- the train command's config -------------------------------------------------------------------------------
 
 from train.config import load_train_config  # noqa: E402
-from train.schedule import make_schedule  # noqa: E402
+from train.optim import make_schedule  # noqa: E402
 
 
 def test_shared_keys_are_stated_once_and_checked():
@@ -128,3 +128,24 @@ def test_effective_batch_and_the_schedule():
     group = {"lr_scale": 0.5}
     optimizer = type("Opt", (), {"param_groups": [group]})()
     assert schedule.apply(optimizer, 9) == pytest.approx(1e-3) and group["lr"] == pytest.approx(5e-4)
+
+
+def test_errors_of_a_set_item_name_the_item_not_the_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("data:\n  batch_size: 8\noptim:\n  base_lr: 1.0e-3\n")
+    cases = {"data.batch_size=abc": "key 'data.batch_size' must be an integer, got 'abc' (str)",
+             "data.mask_ratoi=0.5": "unknown key 'data.mask_ratoi'; did you mean 'data.mask_ratio'?",
+             "optim.min_lr=0.1": "optim.min_lr (0.1) must not exceed optim.base_lr (0.001) (in section 'optim')"}
+    for item, says in cases.items():
+        with pytest.raises(ConfigError) as raised:
+            load_train_config(path, ["run.seed=3", item])
+        assert str(raised.value) == f"--set {item}: {says}"
+    path.write_text("data:\n  batch_size: abc\n")  # the file's own mistake still names the file
+    with pytest.raises(ConfigError, match=rf"^{path}: key 'data.batch_size' must be an integer"):
+        load_train_config(path, ["run.seed=3"])
+
+
+def test_an_optional_key_says_what_its_value_must_be():
+    with pytest.raises(ConfigError, match=r"'model.pos_embed_grid' must be a list of 3 items, got \[1, 2\] \(list\); "
+                                          r"null is allowed too"):
+        load_train_config(None, ["model.pos_embed_grid=[1, 2]"])

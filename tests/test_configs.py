@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from train.config import load_train_config
-from train.schedule import make_schedule
+from train.optim import make_schedule
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))

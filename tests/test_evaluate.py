@@ -16,8 +16,8 @@ from torch import nn
 
 import evaluate_worker as worker
 from train.distributed import Env
-from train.evaluate import (Predictions, evaluate, merge, metrics, predict, save_accuracy_curve, save_confusion,
-                            write_report)
+from train.evaluate import Predictions, evaluate, merge, metrics, predict, write_report
+from train.pictures import save_accuracy_curve, save_confusion
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_PROCESS = Env(0, 1, 0, torch.device("cpu"))

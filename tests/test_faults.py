@@ -18,7 +18,7 @@ from pipeline.errors import RunFailed, run_command
 from pipeline.loader import DaliLoader
 from pipeline.shards import DamagedShard, find_shards
 from shard_tools import cli as shard_cli
-from train import checkpoint
+from train import checkpointer
 from train.bench import cli as bench_cli
 from train.cli import main as train_main
 from train.config import load_train_config
@@ -115,7 +115,8 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_last_one_and_fails_the_r
                                f"left on device)"), lines[0]
     assert f"the last good checkpoint is {run / 'checkpoint-00000002.pt'}" in lines[0]
     assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-00000002.pt"]  # no .tmp
-    kept = checkpoint.read(run / "checkpoint-00000002.pt", load_train_config(config).model)
+    kept = checkpointer.read(run / "checkpoint-00000002.pt")
+    checkpointer.check_resumable(run / "checkpoint-00000002.pt", kept, "pretrain", load_train_config(config).model, 1)
     assert kept["train_state"]["step"] == 2
     assert not (run / "lock").exists()
 
@@ -198,7 +199,7 @@ def test_train_stops_naming_a_shard_truncated_after_its_first_epoch(shards, tmp_
     lines = error_lines(capsys.readouterr().err, "train")
     assert len(lines) == 1 and lines[0].startswith(f"train: {tar} is now "), lines
     assert f"`shard-videos verify {root}`" in lines[0] and "--resume auto" in lines[0]
-    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["checkpoint-00000002.pt", "checkpoint-00000004.pt"]
+    assert [p.name for p in checkpointer.saved_in(run)] == ["checkpoint-00000002.pt", "checkpoint-00000004.pt"]
 
 
 def test_train_with_skip_goes_on_without_a_shard_deleted_after_its_first_epoch(tmp_path, monkeypatch):

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from model import ModelConfig, VideoMAEPretrain, save_checkpoint
-from train.build import build_optimizer
+from train.optim import build_optimizer, make_schedule
 from train.config import ConfigError, FinetuneConfig, load_train_config
 from train.finetune import ClassifierLoss, build_classifier
-from train.main import train
-from train.schedule import make_schedule
+from train.run import train
 
 from synthetic_shards import synthetic_shards
 
@@ -182,3 +181,25 @@ def test_finetune_resumes_where_it_stopped(shards, pretrained, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "val_top1" in r] == [1, 2]
     assert summary["best_val_top1"] >= best  # the best so far came back with the checkpoint
+
+
+def test_finetune_checkpoints_carry_the_class_names_into_the_hugging_face_export(finetuned, shards, tmp_path,
+                                                                                monkeypatch):
+    """The names come from the checkpoint itself, not from the manifest of shards that may have moved."""
+    pytest.importorskip("transformers")
+    import pipeline.shards
+    from train.export import main as export_main
+
+    out, _ = finetuned
+    names = json.loads((shards / "manifest.json").read_text())["classes"]
+    for checkpoint in (out / "best.pt", sorted(out.glob("checkpoint-*.pt"))[-1]):
+        assert torch.load(checkpoint, weights_only=True)["classes"] == names
+
+    def moved(root):
+        raise FileNotFoundError(f"{root}: moved away")
+
+    monkeypatch.setattr(pipeline.shards, "read_manifest", moved)
+    assert export_main([str(out), "--out", str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(names)}
+    assert config["label2id"] == {name: i for i, name in enumerate(names)}

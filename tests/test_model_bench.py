@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-import train.engine as engine
+import train.loop as engine
 from model import ModelConfig, pretrain_flops
 from train.bench import cli as bench_cli
 from train.bench.machine import describe

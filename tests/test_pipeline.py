@@ -29,7 +29,7 @@ from pipeline.reference import ClipTransform, ReferenceLoader, decode_frames
 from pipeline.sampling import crop_boxes, frame_indices, space_draws
 from pipeline.shards import DamagedShard, UnfinishedShards, find_shards
 from shard_tools import cli as shard_cli
-import train.engine as engine
+import train.loop as engine
 from train.bench import cli as bench_cli
 from train.bench.e2e import bench_end_to_end, decoded_ahead
 from train.bench.loader import bench_decode, bench_loader

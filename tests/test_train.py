@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from model import build_from_checkpoint
-from train import engine
-from train.checkpoint import list_checkpoints
+from train import task
+from train.checkpointer import saved_in as list_checkpoints
 from train.cli import main as train_main
 from train.config import load_train_config
-from train.main import train
-from train.rundir import RunFolder, RunLocked
+from train.run import train
+from train.run_folder import RunFolder, RunLocked
 
 from synthetic_shards import synthetic_shards
 
@@ -84,9 +84,9 @@ def test_tiny_model_pretrains_and_its_loss_goes_down(shards, tmp_path):
 # through an epoch, with nothing flushed or cleaned up (a deterministic kill -9 at a known step).
 KILLED_AT_11 = """
 import os, signal, sys
-import train.engine as engine
+import train.loop as loop
 from train.cli import main
-real, calls = engine.train_step, []
+real, calls = loop.train_step, []
 
 def step(*args, **kwargs):
     calls.append(1)
@@ -94,7 +94,7 @@ def step(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args, **kwargs)
 
-engine.train_step = step
+loop.train_step = step
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -116,13 +116,15 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(shards
     assert "resumed from" in resumed.stdout and "checkpoint-00000009.pt" in resumed.stdout, resumed.stdout
     a, b = weights(whole / "checkpoint-00000014.pt"), weights(broken / "checkpoint-00000014.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    states = [torch.load(run / "checkpoint-00000014.pt", weights_only=True)["train_state"] for run in (whole, broken)]
+    assert states[0] == states[1] and states[0]["epoch"] == 1 and states[0]["clips"] == 28  # step, epoch, clips, ...
     assert [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()] == \
         list(range(1, 15))  # the steps redone after the kill are logged once
     assert losses(broken) == losses(whole)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_write_a_checkpoint_and_exit(shards, tmp_path, signum):
+def test_sigterm_and_ctrl_c_write_a_checkpoint_and_exit(shards, tmp_path, capsys, signum):
     config = str(write_config(tmp_path, shards, checkpoint_every=1000))
     run = tmp_path / "run"
     script = tmp_path / "signalled.py"  # the signal arrives during the 5th step, as a cluster's preemption would
@@ -136,9 +138,9 @@ def test_sigterm_and_ctrl_c_write_a_checkpoint_and_exit(shards, tmp_path, signum
     assert f"stopped by {signal.Signals(signum).name} after step 5" in done.stdout and saved[0].name in done.stdout
     assert build_from_checkpoint(saved[0]).cfg.size == "tiny"
     assert not (run / "lock").exists()
-    resumed = subprocess.run(TRAIN + ["--config", config, "--out", str(run), "--resume", "auto",
-                                      "--set", "run.max_steps=6"], cwd=ROOT, capture_output=True, text=True)
-    assert resumed.returncode == 0 and "at step 5" in resumed.stdout, resumed.stdout + resumed.stderr
+    resumed = train_main(["--config", config, "--out", str(run), "--resume", "auto", "--set", "run.max_steps=6"])
+    printed = capsys.readouterr()
+    assert resumed == 0 and "at step 5" in printed.out, printed.out + printed.err
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
@@ -162,14 +164,14 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
 def test_a_non_finite_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch, capsys):
     cfg = load_train_config(write_config(tmp_path, shards), ["run.log_every=4"])
     calls = []
-    real = engine.forward_loss
+    real = task.PretrainLoss.__call__
 
-    def poisoned(model, batch, counts):
+    def poisoned(loss_of, model, batch):
         calls.append(1)
-        loss = real(model, batch, counts)
+        loss = real(loss_of, model, batch)
         return loss * float("nan") if len(calls) == 5 else loss
 
-    monkeypatch.setattr(engine, "forward_loss", poisoned)
+    monkeypatch.setattr(task.PretrainLoss, "__call__", poisoned)
     assert train(cfg, tmp_path / "run", live=False) == 1
     out = capsys.readouterr().out
     assert "not finite at step 5" in out  # steps are counted from 1, as in the log lines

@@ -1,4 +1,5 @@
-"""`python -m train ...` (what torchrun runs): the `train` command."""
+"""`python -m train ...`: the `train` command from a checkout (torchrun runs the installed `train` script instead:
+`torchrun --no-python train ...`, which never imports the working folder)."""
 
 import sys
 

@@ -4,6 +4,8 @@ is train/yaml_config.py."""
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -12,7 +14,8 @@ from model.config import SIZES, ModelConfig
 from pipeline.config import DataConfig
 from train.yaml_config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 
-__all__ = ["ConfigError", "FinetuneConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_train_config", "to_dict"]
+__all__ = ["ConfigError", "FinetuneConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_train_config",
+           "shipped_config", "to_dict"]
 
 
 @dataclass
@@ -65,11 +68,11 @@ class RunConfig:
     checkpoint_every: int = 500  # steps between checkpoints; one is always written at the end
     keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
     picture_every: int = 0  # steps between reconstruction pictures; 0 = only at the end
-    picture_clips: int = 4  # clips in a reconstruction picture
+    picture_clips: Optional[int] = None  # clips in a reconstruction picture; null: 4, or fewer if a batch holds fewer
 
     def __post_init__(self):
         for key in ("log_every", "checkpoint_every", "keep_checkpoints", "picture_clips"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"run.{key} must be >= 1, got {getattr(self, key)}")
         if self.picture_every < 0:
             raise ValueError(f"run.picture_every must be >= 0, got {self.picture_every}")
@@ -148,7 +151,12 @@ class TrainConfig:
         if not self.data.drop_last:
             raise ValueError("data.drop_last must be true for training: every rank takes the same number of full "
                              "batches (an epoch's short last batch is left out, as in the official code)")
-        if self.mode == "finetune" and self.finetune.mixes and self.data.batch_size * self.data.num_sample % 2:
+        rows = self.data.batch_size * self.data.num_sample
+        if self.mode == "pretrain" and (self.run.picture_clips or 0) > rows:
+            raise ValueError(f"run.picture_clips ({self.run.picture_clips}) is more than a batch holds "
+                             f"(data.batch_size x data.num_sample = {rows}): lower run.picture_clips or raise "
+                             f"data.batch_size")
+        if self.mode == "finetune" and self.finetune.mixes and rows % 2:
             raise ValueError(f"mixup and CutMix pair each clip with another of its batch: data.batch_size x "
                              f"data.num_sample must be even, got {self.data.batch_size} x {self.data.num_sample}")
 
@@ -156,6 +164,11 @@ class TrainConfig:
     def effective_batch(self) -> int:
         """Training clips (views) per optimizer step on one rank; times the world size for the run's batch."""
         return self.data.batch_size * self.data.num_sample * self.optim.accum_steps
+
+    @property
+    def picture_clips(self) -> int:
+        """Clips in a reconstruction picture: run.picture_clips, or 4 and at most a batch's rows."""
+        return self.run.picture_clips or min(4, self.data.batch_size * self.data.num_sample)
 
     @property
     def lr_batch(self) -> int:
@@ -188,6 +201,42 @@ def share_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """`train --config PATH --set a.b=c ...` -> TrainConfig, every key and value checked."""
-    data, source = read_yaml(path) if path is not None else ({}, "--set")
-    return from_dict(TrainConfig, share_keys(apply_overrides(data, overrides or [])), source=source)
+    """`train --config PATH --set a.b=c ...` -> TrainConfig, every key and value checked; an error caused by a
+    --set item names that item, not the file."""
+    overrides = overrides or []
+    data, source = read_yaml(config_path(path)) if path is not None else ({}, "--set")
+    try:
+        return from_dict(TrainConfig, share_keys(apply_overrides(data, overrides)), source=source)
+    except ConfigError as error:
+        named = [item for item in overrides if _names(str(error), item.partition("=")[0].strip())]
+        if not named:
+            raise
+        raise ConfigError(f"--set {named[-1]}: {str(error).removeprefix(source + ': ')}") from None
+
+
+def _names(message: str, key: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
+
+
+# the configs that come with TubeMAE: in an installed package under train/configs, in a checkout in configs/
+SHIPPED = next((p for p in (Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs")
+                if p.is_dir()), Path(__file__).parent / "configs")
+
+
+def shipped_config(name: str) -> Path:
+    """The shipped config `name` (e.g. 'study-pretrain.yaml')."""
+    return SHIPPED / name
+
+
+def config_path(path: str | Path) -> Path:
+    """`path` when it is a file; else, for `configs/NAME.yaml` or `NAME.yaml`, the shipped config of that name, so
+    that the configs the README names work from any folder. A config found nowhere is an error with a suggestion."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")) and shipped_config(path.name).is_file():
+        return shipped_config(path.name)
+    names = sorted(p.name for p in SHIPPED.glob("*.yaml"))
+    close = difflib.get_close_matches(path.name, names, n=1)
+    hint = f"; did you mean configs/{close[0]}?" if close else f" (the shipped configs are in {SHIPPED})"
+    raise ConfigError(f"config file not found: {path}{hint}")

@@ -1,6 +1,6 @@
 """Multi-view evaluation of a classifier: softmax averaged over each video's views, gathered across ranks.
 
-    pred = evaluate(model, loader, env, precision, expected_views=data.num_views)   # on every rank
+    pred = evaluate(model, loader, env, expected_views=data.num_views)   # on every rank, at env.precision
     found = metrics(pred, class_names)              # top1, top5, per-class accuracy, confusion matrix
     write_report(run_dir, pred, class_names)        # eval.json, eval-predictions.jsonl, eval-confusion.png
 
@@ -9,37 +9,29 @@ as consecutive rows; with several ranks the views of one video may come from dif
 the softmax of the views it saw per video (`predict`), the ranks exchange these sums (`gather`), and only then
 are they divided by the number of views (`merge`). Every rank ends with the same `Predictions`.
 
-With several ranks the ranks run the model in step: before each forward they agree (on the gloo control group)
+With several ranks the ranks run the model in step (`distributed.run_in_step`): before each forward they agree
 whether any rank still has a batch, and a rank that has run out runs its last batch again and drops the result.
 A model whose forward is itself collective (FSDP gathers each block's weights) therefore never waits on a rank
 that stopped, although the eval loader (drop_last false) gives ranks different numbers of batches. An error on
 one rank while reading or running a batch (an unlabelled clip, a clip that fails to decode) is raised on every
-rank instead of leaving the others waiting.
+rank instead of leaving the others waiting. The confusion picture is train/pictures.py's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 
-from train.distributed import Env, gather
-from train.engine import autocast, resolve_precision
+from model import write_atomically
+from train.distributed import Env, autocast, gather, resolve_precision, run_in_step
+from train.pictures import save_confusion
 
-MAX_CONFUSION_CLASSES = 50  # above this a confusion picture is unreadable: JSON only
-ANNOTATED_CLASSES = 20  # up to this many classes the picture writes the count into each cell
 TOP_K = 5
-
-# What a rank reports before each forward when the ranks run in step; the ranks act on the largest.
-DONE, RUNNING, FAILED = 0, 1, 2
 
 
 @dataclass
@@ -65,7 +57,7 @@ def predict(model: nn.Module, loader, device, precision: str = "fp32",
 
     `model(batch['video'])` gives B x C logits; the model is in eval mode meanwhile and every submodule gets its
     own train/eval mode back afterwards, also after an error. `precision` is 'fp32', 'bf16', 'fp16' or 'auto'
-    (train.engine.autocast); the softmax is taken in float32. With `env` of several ranks, the ranks run the model
+    (train.distributed.autocast); the softmax is taken in float32. With `env` of several ranks, the ranks run the model
     in step (module docstring): pass it whenever every rank calls this together."""
     device = torch.device(device)
     precision = resolve_precision(precision, device)
@@ -90,7 +82,7 @@ def predict(model: nn.Module, loader, device, precision: str = "fp32",
             for batch in loader:
                 step(batch)
         else:
-            _run_in_step(loader, env, step, idle)
+            run_in_step(loader, env, step, idle)
     finally:
         for module, training in modes:
             module.training = training
@@ -131,48 +123,6 @@ def _add_views(part: dict, batch: dict, probs: np.ndarray) -> None:
         part[key] = (label, total + row, count + 1)
 
 
-def _run_in_step(loader, env: Env, step, idle) -> None:
-    """`step(batch)` for each of this rank's batches, then `idle()` until every rank has run out; each round
-    starts with an agreement over the ranks. An exception on any rank is raised on all of them."""
-    batches, exhausted, error = iter(loader), False, None
-    while True:
-        batch = None
-        if error is None and not exhausted:
-            try:
-                batch = next(batches)
-            except StopIteration:  # asking again would start the loader's next epoch
-                exhausted = True
-            except Exception as failure:
-                error = failure
-        status = FAILED if error is not None else RUNNING if batch is not None else DONE
-        agreed = _largest_over_ranks(status, env)
-        if agreed == FAILED:
-            _raise_on_every_rank(error, env)
-        if agreed == DONE:
-            return
-        try:
-            if batch is not None:
-                step(batch)
-            else:
-                idle()
-        except Exception as failure:  # reported at the next agreement, so that the other ranks stop too
-            error = failure
-
-
-def _largest_over_ranks(value: int, env: Env) -> int:
-    tensor = torch.tensor([value])
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=env.control)
-    return int(tensor.item())
-
-
-def _raise_on_every_rank(error: Exception | None, env: Env):
-    messages = gather(None if error is None else f"{type(error).__name__}: {error}", env)
-    if error is not None:
-        raise error
-    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
-    raise RuntimeError(f"evaluation stopped: rank {rank} failed: {message}")
-
-
 # --- merging ranks ----------------------------------------------------------------------------------------------
 
 def merge(parts: list[dict]) -> Predictions:
@@ -203,12 +153,12 @@ def merge(parts: list[dict]) -> Predictions:
     return Predictions(keys, labels, sums / np.maximum(views, 1)[:, None], views)
 
 
-def evaluate(model: nn.Module, loader, env: Env, precision: str = "fp32",
+def evaluate(model: nn.Module, loader, env: Env, precision: str | None = None,
              expected_views: int | None = None) -> Predictions:
     """`predict` on every rank (in step), gather the parts, merge; every rank returns the same Predictions. With
     `expected_views`, a video that got a different number of views is an error naming the key (a loader bug,
     never silently averaged)."""
-    part = predict(model, loader, env.device, precision, env=env)
+    part = predict(model, loader, env.device, precision or env.precision, env=env)
     pred = merge(gather(part, env))
     if expected_views is not None:
         check_views(pred, expected_views)
@@ -279,94 +229,6 @@ def _views_per_video(views: np.ndarray) -> int | float:
     return int(views[0]) if (views == views[0]).all() else float(views.mean())
 
 
-# --- pictures ---------------------------------------------------------------------------------------------------
-
-def save_confusion(path, confusion, class_names: list[str] | None) -> Path | None:
-    """PNG of the confusion matrix (rows true class, columns predicted), each row shaded by its share of the true
-    class's videos, counts written in the cells up to 20 classes. None, and nothing written, above 50 classes."""
-    matrix = np.asarray(confusion, dtype=np.int64)  # C x C
-    num_classes = len(matrix)
-    if num_classes > MAX_CONFUSION_CLASSES:
-        return None
-    if matrix.shape != (num_classes, num_classes):
-        raise ValueError(f"a confusion matrix is square, got shape {matrix.shape}")
-    names = _class_names(class_names, num_classes)
-    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # C x C, each row sums to 1 (or 0)
-
-    side = min(4 + 0.3 * num_classes, 20)
-    fig = Figure(figsize=(side + 1.5, side), dpi=100)
-    FigureCanvasAgg(fig)  # draws with Agg; no global backend is set
-    ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ticks = np.arange(num_classes)
-    ax.set_xticks(ticks, names, rotation=90, fontsize=8)
-    ax.set_yticks(ticks, names, fontsize=8)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if num_classes <= ANNOTATED_CLASSES:
-        for true, guess in zip(*np.nonzero(matrix)):
-            ax.text(guess, true, str(matrix[true, guess]), ha="center", va="center", fontsize=8,
-                    color="white" if share[true, guess] > 0.5 else "black")
-    correct = np.trace(matrix) / max(matrix.sum(), 1)
-    ax.set_title(f"confusion, {matrix.sum()} videos, top-1 {100 * correct:.1f}%")
-    fig.tight_layout()
-    return _save_figure(fig, path)
-
-
-def read_validations(metrics_path) -> list[dict]:
-    """The records of a metrics.jsonl that carry 'val_top1' (blank or unreadable lines skipped); each must say
-    its 'epoch'."""
-    records = []
-    for number, line in enumerate(Path(metrics_path).read_text().splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # blank, or cut short by a run that is still writing
-            continue
-        if isinstance(record, dict) and "val_top1" in record:
-            if "epoch" not in record:
-                raise ValueError(f"{metrics_path}:{number}: a validation record without 'epoch'")
-            records.append(record)
-    return records
-
-
-def save_accuracy_curve(path, metrics_path) -> Path | None:
-    """PNG of validation top-1 (and top-5 where recorded) in percent against epoch, from the metrics.jsonl
-    records that have 'val_top1' (fractions, as `metrics` gives them), the best top-1 marked. None, and nothing
-    written, when no record has 'val_top1'."""
-    records = read_validations(metrics_path)
-    if not records:
-        return None
-    epochs = np.array([r["epoch"] for r in records], dtype=float)
-    top1 = 100 * np.array([r["val_top1"] for r in records], dtype=float)
-    best = int(top1.argmax())
-
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(epochs, top1, marker="o", markersize=3, color="tab:blue", label="top-1")
-    with_top5 = [r for r in records if r.get("val_top5") is not None]
-    if with_top5:
-        ax.plot([r["epoch"] for r in with_top5], [100 * r["val_top5"] for r in with_top5], marker="o",
-                markersize=3, color="tab:orange", label="top-5")
-    ax.plot(epochs[best], top1[best], marker="*", markersize=12, color="tab:red", linestyle="none",
-            label=f"best top-1 {top1[best]:.1f}%")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(f"validation accuracy, {len(records)} validations (best top-1 at epoch {records[best]['epoch']})")
-    fig.tight_layout()
-    return _save_figure(fig, path)
-
-
-def _save_figure(fig: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
 # --- report -----------------------------------------------------------------------------------------------------
 
 def write_report(out_dir, pred: Predictions, class_names: list[str] | None, prefix: str = "eval") -> dict:
@@ -377,9 +239,9 @@ def write_report(out_dir, pred: Predictions, class_names: list[str] | None, pref
     out.mkdir(parents=True, exist_ok=True)
     found = metrics(pred, class_names)
     names = list(found["per_class"])
-    _write_atomically(out / f"{prefix}.json", _metrics_json(found))
+    write_atomically(out / f"{prefix}.json", _metrics_json(found))
     lines = [json.dumps(record) for record in prediction_records(pred, names)]
-    _write_atomically(out / f"{prefix}-predictions.jsonl", "".join(line + "\n" for line in lines))
+    write_atomically(out / f"{prefix}-predictions.jsonl", "".join(line + "\n" for line in lines))
     save_confusion(out / f"{prefix}-confusion.png", found["confusion"], names)
     return found
 
@@ -405,9 +267,3 @@ def _metrics_json(found: dict) -> str:
     before, _, after = json.dumps({**rest, "confusion": "confusion matrix"}, indent=1).rpartition(placeholder)
     rows = ",\n  ".join(json.dumps(row) for row in found["confusion"])
     return f"{before}[\n  {rows}\n ]{after}\n"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)

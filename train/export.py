@@ -1,10 +1,12 @@
 """`train export CHECKPOINT --out DIR [--format huggingface|official]`: a TubeMAE checkpoint as a Hugging Face
 `transformers` folder (default) or in the official VideoMAE layout.
 
-CHECKPOINT is a TubeMAE checkpoint file (`checkpoint-<step>.pt`, `best.pt`) or a run folder (its newest
-checkpoint). A classifier's class names come from the checkpoint's own `classes`, else from the manifest.json of
-the shards it was trained on (its `config`), when there and of the right count. A missing file or one that is not
-a TubeMAE checkpoint, and what the format cannot hold, print one line naming the file, exit code 2.
+CHECKPOINT is a TubeMAE checkpoint file (`checkpoint-<step>.pt`, `best.pt`) or a run folder (its newest good
+checkpoint), read as every command reads checkpoints (train/checkpointer.py). A classifier's class names come from
+the checkpoint's own `classes` (fine-tuning writes them), else from the manifest.json of the shards it was trained on
+(its `config`), when there and of the right count; they become the Hugging Face config's id2label / label2id. A
+missing file or one that is not a TubeMAE checkpoint, and what the format cannot hold, print one line naming the
+file, exit code 2.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.errors import first_line, run_command
+from train import checkpointer
 
 OFFICIAL_NAME = "checkpoint.pth"
 HF_CLASSES = {"pretrain": "VideoMAEForPreTraining", "classifier": "VideoMAEForVideoClassification"}
@@ -39,21 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     def command() -> int:
         print(export(Path(args.checkpoint), Path(args.out), args.format))
         return 0
-    return run_command("train export", command, args.debug, (ExportError,))
+    return run_command("train export", command, args.debug, lambda: (ExportError, checkpointer.CheckpointError))
 
 
 def export(source: Path, out: Path, fmt: str) -> str:
     """Write the export; returns what to tell the user (where it went, how to load it)."""
     from model import build_from_checkpoint, export_huggingface, export_official
-    from model.checkpoint import read_checkpoint
 
-    path = newest_checkpoint(source) if source.is_dir() else source
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    try:
-        obj = read_checkpoint(path)
-    except Exception as e:  # a truncated or foreign file: its first line says why
-        raise ExportError(f"{path}: not a TubeMAE checkpoint ({first_line(e)})") from None
+    path, obj = checkpointer.weights_of(source, lambda text: print(f"train export: {text}", flush=True))
     if not isinstance(obj, dict) or not isinstance(obj.get("tubemae"), dict):
         raise ExportError(f"{path}: not a TubeMAE checkpoint (no 'tubemae' entry); `model.load_weights` reads "
                           f"other layouts into a model of the right size")
@@ -81,15 +77,6 @@ def export(source: Path, out: Path, fmt: str) -> str:
     return (f"wrote {out} (Hugging Face {hf_class}: config.json, model.safetensors; from {path})\n"
             f"load it with: from transformers import {hf_class}; model = {hf_class}.from_pretrained({str(out)!r})\n"
             f"inputs are B x T x C x H x W, ImageNet-normalised")
-
-
-def newest_checkpoint(run_dir: Path) -> Path:
-    from train.checkpoint import list_checkpoints
-
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise ExportError(f"{run_dir}: no checkpoint-<step>.pt in this folder; pass a checkpoint file (e.g. best.pt)")
-    return found[-1]
 
 
 def class_names(obj: dict, model) -> list[str] | None:

@@ -59,18 +59,7 @@ def _convert(tp: Any, value: Any, name: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, prefix=f"{name}.", source=source)
     if origin in (Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, name, source)
-            except ConfigError as e:
-                errors.append(e)
-        raise bad(" or ".join(_type_name(o) for o in options))
+        return _convert_union(tp, value, name, source)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -115,6 +104,25 @@ def _convert(tp: Any, value: Any, name: str, source: str) -> Any:
             raise bad("a path")
         return Path(value)
     raise ConfigError(f"{source}: key '{name}' has an unsupported annotation {tp!r}")
+
+
+def _convert_union(tp: Any, value: Any, name: str, source: str) -> Any:
+    """The first option of Union `tp` that `value` converts to; Optional[X] says what X needs."""
+    options = [o for o in typing.get_args(tp) if o is not type(None)]
+    if value is None and len(options) < len(typing.get_args(tp)):
+        return None
+    if len(options) == 1:  # Optional[X]: X's own message says what is wrong
+        try:
+            return _convert(options[0], value, name, source)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; null is allowed too") from None
+    for option in options:
+        try:
+            return _convert(option, value, name, source)
+        except ConfigError:
+            continue
+    expected = " or ".join(_type_name(o) for o in typing.get_args(tp))
+    raise ConfigError(f"{source}: key '{name}' must be {expected}, got {value!r} ({type(value).__name__})")
 
 
 def _type_name(tp: Any) -> str:

@@ -21,10 +21,9 @@ from train.bench.loop import bench_loop
 from train.bench import records
 from train.bench.loader import bench_decode, bench_loader, bench_masks, compare_loaders, data_config
 from train.bench.model import bench_model
-from train.build import resolve_device
+from train.distributed import resolve_device, resolve_precision
 from train.config import TrainConfig, load_train_config
 from train.yaml_config import parse_yaml
-from train.engine import resolve_precision
 
 ALIASES = {"size": "model.size", "batch_size": "data.batch_size", "loader": "run.loader"}
 MODES = ["pretrain", "finetune", "eval"]

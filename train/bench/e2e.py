@@ -2,7 +2,7 @@
 
     bench e2e data/shards [--config X.yaml] [--set model.size=base --set data.batch_size=32 ...] [--rounds 3]
 
-Both kinds of round run the step `train` runs (the schedule's lr, then `train.engine.train_step`, with the real
+Both kinds of round run the step `train` runs (the schedule's lr, then `train.loop.train_step`, with the real
 AdamW update) on one model and optimizer. Rounds alternate: `steps` steps fed by the loader, then `steps` steps on a
 fixed synthetic batch of the same shape, each timed after untimed warm-up steps and, on a GPU, between two
 synchronisations. Per round the ratio of end-to-end to model-alone samples/s is recorded; `saturation` is the
@@ -27,9 +27,9 @@ import torch
 from train.bench.loader import forever
 from train.bench.machine import describe, machine
 from train.bench.model import Stepper, make_stepper, utilisation
-from train.build import make_loader, resolve_device
+from train.distributed import resolve_device
 from train.config import TrainConfig
-from train.engine import mask_counts
+from train.task import make_loader, mask_counts
 
 
 def decoded_ahead(cfg: TrainConfig, loader: str) -> int:

@@ -25,7 +25,8 @@ from pipeline.config import DataConfig
 from pipeline.masking import draw_masks
 from pipeline.shards import check_decodable, cpu_decodes, find_shards, first_samples
 from train.bench.machine import describe
-from train.build import make_loader, resolve_device
+from train.distributed import resolve_device
+from train.task import make_loader
 from train.config import TrainConfig
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from train.bench.machine import describe
 from train.bench.model import bench_model
-from train.build import make_loader, resolve_device
+from train.distributed import resolve_device
+from train.task import make_loader
 from train.config import TrainConfig
 
 
@@ -39,7 +40,7 @@ def loop_round(cfg: TrainConfig, loader: MemoryLoader, steps: int, warmup: int) 
     """Clips/s of `train` over `steps` steps after `warmup` (one log line after the warm-up, one at the end)."""
     run = dataclasses.replace(cfg.run, max_steps=warmup + steps, log_every=warmup if steps % warmup == 0 else 1,
                               checkpoint_every=10**9, picture_every=0)
-    from train.main import train
+    from train.run import train
 
     with tempfile.TemporaryDirectory() as out:
         assert train(dataclasses.replace(cfg, run=run), out, live=False, loader=loader) == 0

@@ -2,8 +2,8 @@
 
     bench model [--config X.yaml] [--set model.size=base --set data.batch_size=32 ...] [--optimizer]
 
-A step is the one `train` runs: the schedule's lr, then `train.engine.train_step` (autocast at run.precision,
-backward, AdamW) on the model and optimizer of `train.build`; without `--optimizer` the AdamW update is skipped
+A step is the one `train` runs: the schedule's lr, then `train.loop.train_step` (autocast at run.precision,
+backward, AdamW) on the model and optimizer `train` builds; without `--optimizer` the AdamW update is skipped
 (forward + backward only). Masks are drawn every step as the loader draws them (data.mask_type,
 data.decoder_mask). Reports clips/s and, from model/flops.py, achieved TFLOP/s and model FLOPs utilisation
 against the GPU's dense bf16 peak.
@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import train.engine as engine  # engine.train_step looked up per call: one definition of a step
+import train.loop as loop  # loop.train_step looked up per call: one definition of a step
 from model import pretrain_flops
 from pipeline.masking import draw_masks
 from train.bench.machine import machine
-from train.build import build_model, build_optimizer, resolve_device
+from train.distributed import resolve_device, resolve_precision
+from train.optim import Schedule, build_optimizer, make_schedule
+from train.task import PretrainLoss, build_model, mask_counts
 from train.config import TrainConfig
-from train.schedule import Schedule, make_schedule
 
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' data sheets (SXM parts unless named)
 PEAK_BF16_TFLOPS = {
@@ -61,7 +62,7 @@ class SkipStep(torch.optim.Optimizer):
 
 @dataclass
 class Stepper:
-    """Training steps as `train` runs them: the schedule's lr for the step, then engine.train_step."""
+    """Training steps as `train` runs them: the schedule's lr for the step, then loop.train_step."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule
@@ -73,7 +74,7 @@ class Stepper:
 
     def __call__(self, batches: list[dict], counts: tuple[int, int | None]) -> None:
         self.schedule.apply(self.optimizer, self.step)
-        engine.train_step(self.model, self.optimizer, batches, engine.PretrainLoss(counts), self.precision,
+        loop.train_step(self.model, self.optimizer, batches, PretrainLoss(counts), self.precision,
                           self.scaler, self.clip_grad)
         self.step += 1
 
@@ -94,7 +95,7 @@ class Stepper:
 def make_stepper(cfg: TrainConfig, device: torch.device, optimizer: bool = True) -> Stepper:
     """The model, optimizer (or SkipStep), schedule and precision of `cfg` on `device`; compiled with
     run.compile (one graph, fullgraph)."""
-    precision = engine.resolve_precision(cfg.run.precision, device)
+    precision = resolve_precision(cfg.run.precision, device)
     model = build_model(cfg, device).train()
     opt = build_optimizer(cfg.optim, model) if optimizer else SkipStep(model.parameters())
     forward = torch.compile(model, fullgraph=True) if cfg.run.compile else model
@@ -122,7 +123,7 @@ def bench_model(cfg: TrainConfig, steps: int = 10, warmup: int = 3, optimizer: b
         return [{"video": video, **draw_masks(cfg.data, len(video), generator, device)}
                 for _ in range(cfg.optim.accum_steps)]
 
-    counts = engine.mask_counts(batches()[0])
+    counts = mask_counts(batches()[0])
     warmup_s = stepper.timed(lambda: stepper(batches(), counts), warmup)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

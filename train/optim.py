@@ -1,4 +1,5 @@
-"""The learning-rate schedule, per optimizer step: linear warm-up, then cosine decay (the official VideoMAE one).
+"""AdamW over the model's parameter groups, and its learning-rate schedule, per optimizer step: linear warm-up,
+then cosine decay (the official VideoMAE one).
 
     warm-up, step s < W:  warmup_lr + (peak - warmup_lr) * s / (W - 1)        (W points, both ends included)
     decay, step s >= W:   min_lr + (peak - min_lr) * (1 + cos(pi * (s - W) / (S - W))) / 2
@@ -13,6 +14,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from model import param_groups
 
 
 @dataclass(frozen=True)
@@ -48,3 +52,11 @@ def make_schedule(optim_cfg, steps_per_epoch: int, batch_per_step: int) -> Sched
                     warmup_lr=optim_cfg.warmup_lr * scale,
                     warmup_steps=round(optim_cfg.warmup_epochs * steps_per_epoch),
                     total_steps=optim_cfg.epochs * steps_per_epoch)
+
+
+def build_optimizer(optim_cfg, model: nn.Module, layer_decay: float | None = None) -> torch.optim.AdamW:
+    """AdamW over model.param_groups (no decay on norms, biases, tokens; layer-wise lr decay for a classifier);
+    fused on CUDA. The lr is set per step by the schedule, times each group's lr_scale."""
+    fused = next(model.parameters()).device.type == "cuda"
+    groups = param_groups(model, optim_cfg.weight_decay, layer_decay)
+    return torch.optim.AdamW(groups, lr=0.0, betas=optim_cfg.betas, fused=fused)
