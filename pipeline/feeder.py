@@ -4,7 +4,8 @@ decode graphs) runs on it, so the training thread only takes finished batches an
 The thread calls `produce()` of the object it serves and hands each result (or the exception it raised) through a
 queue of `depth` items; it ends after the `END` marker or an exception, when `close()` is called, or when the object
 it serves is gone (it holds it only through a weak reference while waiting, so an abandoned loader is collected and
-its thread ends within a tenth of a second)."""
+its thread ends within a tenth of a second). At exit every thread still running is stopped and joined, also one
+whose Feeder is already collected (it may be inside a DALI call, or dropping the loader's last reference)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import traceback
 import weakref
 
 END = object()  # produce() has nothing more (the epoch is over)
-_LIVE: "weakref.WeakSet[Feeder]" = weakref.WeakSet()  # feeders whose thread may run: closed at exit
-_LIVE_REGISTERED: list[bool] = []
+_RUNNING: dict[threading.Thread, threading.Event] = {}  # every feeder thread not yet ended, with its stop flag
+_RUNNING_LOCK = threading.Lock()
+_AT_EXIT: list[bool] = []  # _stop_all registered
 
 
 class Feeder:
@@ -25,11 +27,12 @@ class Feeder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=_run, args=(weakref.ref(owner), self._queue, self._stop),
                                         name="tubemae-feeder", daemon=True)
+        with _RUNNING_LOCK:
+            _RUNNING[self._thread] = self._stop
+            if not _AT_EXIT:  # after DALI's exit handlers (the loader built its pipelines), so it runs before them
+                atexit.register(_stop_all)
+                _AT_EXIT.append(True)
         self._thread.start()
-        if not _LIVE_REGISTERED:  # after DALI's own exit handler (the loader built its pipelines): runs first
-            atexit.register(_close_all)
-            _LIVE_REGISTERED.append(True)
-        _LIVE.add(self)
 
     def get(self):
         """The next result, END, or the exception produce() raised (returned, for the caller to raise)."""
@@ -48,6 +51,14 @@ class Feeder:
 
 
 def _run(owner_ref, out: queue.Queue, stop: threading.Event) -> None:
+    try:
+        _produce_until_stopped(owner_ref, out, stop)
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.pop(threading.current_thread(), None)
+
+
+def _produce_until_stopped(owner_ref, out: queue.Queue, stop: threading.Event) -> None:
     while not stop.is_set():
         owner = owner_ref()
         if owner is None:
@@ -69,8 +80,12 @@ def _run(owner_ref, out: queue.Queue, stop: threading.Event) -> None:
             return
 
 
-def _close_all() -> None:
-    """At exit, before DALI's pipelines are torn down: a thread still inside a pipeline call would abort the
-    process ('terminate called without an active exception')."""
-    for feeder in list(_LIVE):
-        feeder.close()
+def _stop_all() -> None:
+    """At exit, before DALI's pipelines are torn down: a thread still inside a pipeline call, or destroying one,
+    when the process ends would abort it ('terminate called without an active exception')."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING.items())
+    for thread, stop in running:
+        stop.set()
+    for thread, _ in running:
+        thread.join()

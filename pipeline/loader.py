@@ -192,6 +192,10 @@ class DaliLoader:
             out["view"] = torch.arange(num_views, device=self.device).repeat(clips)
         return out
 
+    def close(self) -> None:
+        """End the prefetch thread now (a run that stops mid-epoch); iterating again starts a new one."""
+        self._stop_feeder()
+
     def _stop_feeder(self) -> None:
         if self._feeder is not None:
             self._feeder.close()

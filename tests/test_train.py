@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,8 @@ def test_sigterm_and_ctrl_c_write_a_checkpoint_and_exit(shards, tmp_path, capsys
     resumed = train_main(["--config", config, "--out", str(run), "--resume", "auto", "--set", "run.max_steps=6"])
     printed = capsys.readouterr()
     assert resumed == 0 and "at step 5" in printed.out, printed.out + printed.err
+    # the run ended mid-epoch and closed its loader: no prefetch thread is left to race the process's exit
+    assert not [t for t in threading.enumerate() if t.name == "tubemae-feeder"]
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):

@@ -94,6 +94,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | None = None, live
             return 1
         return finish(run, last_batch, signum)
     finally:
+        if run is not None and loader is None and hasattr(run.loader, "close"):  # the prefetch thread it made
+            run.loader.close()
         if run is not None and run.display is not None:
             run.display.close()
         folder.close()
