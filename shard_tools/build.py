@@ -116,7 +116,7 @@ def shuffled(clips: list[Clip], seed: int) -> list[Clip]:
 
 def run_header(config: RunConfig, collection: Collection, order: list[Clip]) -> dict:
     """Everything the output depends on; a resumed run must match it."""
-    listing = "\n".join(f"{c.split}\t{c.label}\t{c.source}" for c in order)
+    listing = "\n".join(f"{c.split}\t{c.label}\t{c.source}" + "".join(f"\t{k}={v}" for k, v in c.extra) for c in order)
     return {
         "input": str(Path(config.input).resolve()),
         "labels": str(Path(config.labels).resolve()) if config.labels else None,
@@ -212,7 +212,8 @@ class OrderedShardWriter:
             return
         key = f"{clip.split}-{self.next_key[clip.split]:08d}"
         label_index = self.collection.label_index(clip)
-        meta = {"source": clip.source, "label": clip.label, "label_index": label_index, **result.meta}
+        meta = {"source": clip.source, "label": clip.label, "label_index": label_index, **dict(clip.extra),
+                **result.meta}
         members = [(result.extension, result.video),
                    ("json", json.dumps(meta, ensure_ascii=False).encode()),
                    ("frames", struct.pack("<i", meta["num_frames"])),

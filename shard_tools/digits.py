@@ -190,7 +190,9 @@ def make_digits(root, clips_per_digit: int = 2, num_frames: int = 16, size: int 
 def write_clip(path: Path, image: np.ndarray, corners: np.ndarray, size: int, digit_size: int, fps: int,
                codec: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(path, codec, size, size, fps, gop=min(32, len(corners))) as writer:
+    # VP9 lossless: the black background stays exactly 0 (at crf 28 it flickered with coding noise, which a masked
+    # cube's per-cube normalised target turns into pixels no model can predict) and the files are smaller
+    with VideoWriter(path, codec, size, size, fps, gop=min(32, len(corners)), lossless=codec == "vp9") as writer:
         for x, y in corners:
             grey = np.round(255 * render(image, x, y, size, digit_size)).astype(np.uint8)
             writer.write(np.repeat(grey[:, :, None], 3, axis=2))

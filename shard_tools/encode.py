@@ -50,12 +50,16 @@ class VideoWriter:
     """
 
     def __init__(self, file: str | Path | BinaryIO, codec: str, width: int, height: int, rate: Fraction | float,
-                 gop: int = 32):
+                 gop: int = 32, lossless: bool = False):
         spec = CODECS[codec]
+        if lossless and codec != "vp9":
+            raise ValueError(f"lossless encoding is offered for vp9 only, not {codec}")
         self.rate = Fraction(rate).limit_denominator(100000)
         self.container = av.open(file if not isinstance(file, Path) else str(file), "w", format=spec.muxer,
                                  container_options={"fflags": "+bitexact"})
         options = {**dict(spec.options), "g": str(gop), "keyint_min": str(gop)}
+        if lossless:  # libvpx-vp9's lossless mode in place of the quality target
+            options = {k: v for k, v in options.items() if k not in ("crf", "b")} | {"lossless": "1"}
         self.stream = self.container.add_stream(spec.encoder, rate=self.rate, options=options)
         self.pix_fmt = spec.pix_fmt  # what write() wants frames converted to
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, spec.pix_fmt

@@ -38,6 +38,7 @@ class Clip:
     source: str  # path relative to the input root (as written in the sample's json)
     split: str
     label: str | None
+    extra: tuple[tuple[str, str], ...] = ()  # a list's columns beyond path, label, split: (name, value) pairs
 
 
 @dataclass
@@ -341,18 +342,20 @@ def from_list(root: Path, list_file: Path, rows: list[list[str]]) -> Collection:
         if split is None:
             raise InputError(f"{list_file}: {cells['path']!r} has split {cells['split']!r}; expected train, val "
                              f"or test")
-        entries.append((cells["path"], cells.get("label") or None, split))
-    labels = {label for _, label, _ in entries if label is not None}
+        extra = tuple((k, v) for k, v in cells.items() if k not in ("path", "label", "split"))
+        entries.append((cells["path"], cells.get("label") or None, split, extra))
+    labels = {label for _, label, _, _ in entries if label is not None}
     if labels and all(re.fullmatch(r"\d+", label) for label in labels):
         names = [str(i) for i in range(max(map(int, labels)) + 1)]  # integer labels are label indices
-        entries = [(path, None if label is None else str(int(label)), split) for path, label, split in entries]
+        entries = [(path, None if label is None else str(int(label)), split, extra)
+                   for path, label, split, extra in entries]
     else:
         names = sorted(labels)
     clips, missing = [], []
-    for path, label, split in entries:
+    for path, label, split, extra in entries:
         full = Path(path) if Path(path).is_absolute() else root / path
         if full.is_file():
-            clips.append(Clip(full, relative(full, root), split or ("train" if labels else "all"), label))
+            clips.append(Clip(full, relative(full, root), split or ("train" if labels else "all"), label, extra))
         else:
             missing.append((str(list_file), path))
     return Collection("list" if labels else "unlabelled list", root, clips, names, missing)

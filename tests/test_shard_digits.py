@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from shard_tools import cli
-from shard_tools.digits import DIRECTIONS, LISTING, load_digits, make_digits, read_listing, split_instances
+from shard_tools.digits import (DIRECTIONS, LISTING, load_digits, make_digits, read_listing, render,
+                                 split_instances)
 
 SIZE, DIGIT = 32, 16  # the defaults: frame and digit size, pixels
 SPAN = SIZE - DIGIT  # the digit box's corner moves in [0, SPAN]
@@ -119,12 +120,26 @@ def test_shards_keep_the_generator_splits_and_each_clip_json_names_its_listed_cl
                     meta = json.loads(tar.extractfile(member).read())
                     row = listed[meta["source"]]  # the .json names the clip; clips.csv has its image and motion
                     assert (split, meta["label"], meta["label_index"]) == (row.split, row.label, row.digit)
+                    # the .json also holds the clip's digit image and motion, as clips.csv lists them
+                    assert (int(meta["instance"]), meta["direction"], float(meta["speed"])) == \
+                        (row.instance, row.direction, row.speed)
                     seen.add(meta["source"])
     assert seen == set(listed)
     instances = {split: {r.instance for r in rows if r.split == split} for split in ("train", "val", "test")}
     assert all(instances.values())
     assert not (instances["train"] & instances["test"] or instances["train"] & instances["val"]
                 or instances["val"] & instances["test"])
+
+
+def test_clips_are_lossless_so_the_background_stays_exactly_black(digits):
+    root, rows = digits  # VP9 lossless: no coding noise around the digit for the per-cube target to chase
+    images, _ = load_digits()
+    for row in rows[:4]:
+        frames = decode(root / row.path)
+        drawn = np.stack([np.round(255 * render(images[row.instance], x, y, SIZE, DIGIT))
+                          for x, y in simulated_path(row, len(frames))[0]])
+        assert np.abs(frames - drawn).max() <= 1  # the grey conversion's rounding (crf 28 was off by up to ~20)
+        assert (frames[drawn == 0] == 0).all()
 
 
 def test_the_digit_moves_as_recorded_and_bounces_off_the_borders_inside_the_frame(digits):
