@@ -8,7 +8,7 @@ from PIL import Image
 from model.config import ModelConfig
 from model.layers import IMAGENET_MEAN, IMAGENET_STD, patchify
 from model.videomae import VideoMAEPretrain, cube_target
-from train.pictures import CLIP_GAP, GREY, reconstruct, save_loss_curve, save_reconstruction
+from train.pictures import CLIP_GAP, GREY, enlargement, reconstruct, save_loss_curve, save_reconstruction
 
 MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None, None]
 STD = torch.tensor(IMAGENET_STD)[:, None, None, None]
@@ -123,3 +123,19 @@ def test_save_loss_curve_without_losses_names_the_file(tmp_path, content):
     with pytest.raises(ValueError, match="empty_metrics.jsonl"):
         save_loss_curve(tmp_path / "loss.png", metrics)
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_small_frames_are_drawn_enlarged_pixel_for_pixel(tmp_path):
+    cfg = tiny()
+    torch.manual_seed(0)
+    model = VideoMAEPretrain(cfg).eval()
+    _, video, mask = clips(cfg, batch=1, num_masked=24)
+    with torch.no_grad():
+        result = model(video, mask)
+    args = (video, mask, result["pred"], result["index"], cfg)
+    plain = np.array(Image.open(save_reconstruction(tmp_path / "plain.png", *args, max_frames=2)))
+    scale = enlargement(32)
+    big = np.array(Image.open(save_reconstruction(tmp_path / "big.png", *args, max_frames=2, scale=scale)))
+    assert scale == 3 and enlargement(96) == 1 and enlargement(224) == 1
+    assert big.shape[:2] == (3 * plain.shape[0], 3 * plain.shape[1])
+    assert (big[::3, ::3] == plain).all() and (big[1::3, 2::3] == plain).all()  # nearest neighbour, no blur

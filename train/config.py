@@ -224,7 +224,7 @@ SHIPPED = next((p for p in (Path(__file__).parent / "configs", Path(__file__).pa
 
 
 def shipped_config(name: str) -> Path:
-    """The shipped config `name` (e.g. 'study-pretrain.yaml')."""
+    """The shipped config `name` (e.g. 'study-digits-pretrain.yaml')."""
     return SHIPPED / name
 
 

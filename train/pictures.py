@@ -26,6 +26,7 @@ from train.run_folder import read_metrics
 
 GREY = 0.5  # fill of the cubes the encoder did not see
 CLIP_GAP = 4  # white pixels between the clips of a reconstruction picture
+MIN_DRAWN_FRAME = 96  # pixels: smaller frames are drawn enlarged (enlargement)
 MAX_CONFUSION_CLASSES = 50  # above this a confusion picture is unreadable: JSON only
 ANNOTATED_CLASSES = 20  # up to this many classes the picture writes the count into each cell
 
@@ -60,10 +61,18 @@ def reconstruct(video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, ind
             for name, x in out.items()}
 
 
+def enlargement(frame_size: int) -> int:
+    """The whole factor by which a picture of `frame_size`-pixel frames is enlarged (nearest neighbour) so that a
+    frame is drawn at least MIN_DRAWN_FRAME pixels tall: 3 for 32x32 clips, 1 from 96 pixels up."""
+    return max(1, -(-MIN_DRAWN_FRAME // frame_size))
+
+
 def save_reconstruction(path: str | Path, video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor,
-                        index: torch.Tensor, cfg: ModelConfig, max_clips: int = 4, max_frames: int = 8) -> Path:
+                        index: torch.Tensor, cfg: ModelConfig, max_clips: int = 4, max_frames: int = 8,
+                        scale: int = 1) -> Path:
     """One PNG: per clip three rows (original, seen, reconstruction) of up to `max_frames` evenly spaced frames,
-    clips stacked with a `CLIP_GAP`-pixel white gap. Size: (frames * W) x (clips * 3 * H + (clips - 1) * gap)."""
+    clips stacked with a `CLIP_GAP`-pixel white gap, all enlarged `scale` times (nearest neighbour). Size:
+    scale * ((frames * W) x (clips * 3 * H + (clips - 1) * gap))."""
     k = min(video.shape[0], max_clips)
     pictures = reconstruct(video[:k], mask[:k], pred[:k], index[:k], cfg)  # each k x T x H x W x 3
     num_frames = pictures["original"].shape[1]
@@ -75,7 +84,10 @@ def save_reconstruction(path: str | Path, video: torch.Tensor, mask: torch.Tenso
     sheet = torch.cat([part for block in blocks for part in (block, gap)][:-1])  # (k 3 H + gaps) x (f W) x 3
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((sheet * 255).round().to(torch.uint8).numpy()).save(path)
+    picture = Image.fromarray((sheet * 255).round().to(torch.uint8).numpy())
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    picture.save(path)
     return path
 
 
@@ -163,11 +175,12 @@ def save_accuracy_curve(path, metrics_path) -> Path | None:
     return save_figure(fig, path)
 
 
-def figure(width: float = 8, height: float = 4.5, dpi: int = 100) -> tuple[Figure, object]:
-    """A figure drawn with Agg (no global backend is set) and its one axes."""
+def figure(width: float = 8, height: float = 4.5, dpi: int = 100, panels: int = 1) -> tuple[Figure, object]:
+    """A figure drawn with Agg (no global backend is set) and its axes: one, or `panels` side by side (an array)
+    sharing the y axis."""
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, fig.add_subplot() if panels == 1 else fig.subplots(1, panels, sharey=True)
 
 
 def save_figure(fig: Figure, path) -> Path:

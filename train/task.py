@@ -25,7 +25,7 @@ from pipeline.config import DataConfig
 from pipeline.shards import find_shards
 from train.config import ConfigError
 from train.distributed import autocast
-from train.pictures import save_reconstruction
+from train.pictures import enlargement, save_reconstruction
 
 
 def make_loader(cfg: DataConfig, loader: str, device: torch.device | str):
@@ -112,4 +112,4 @@ class Pretrain:
             return None
         path = run.folder.path / "pictures" / f"reconstruction-{run.state.step:08d}.png"
         return save_reconstruction(path, video.float(), mask, out["pred"].float(), out["index"], self.cfg.model,
-                                   max_clips=rows)
+                                   max_clips=rows, scale=enlargement(video.shape[-1]))

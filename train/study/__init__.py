@@ -1,32 +1,30 @@
-"""`train study --out DIR [--quick]`: VideoMAE's data-efficiency claim, in miniature, on one machine.
+"""`train study --out DIR [--quick] [--seeds 0,1,2]`: VideoMAE's data-efficiency claim, in miniature, on one machine.
 
-    data     the `study` synthetic collection (shard_tools/synthetic.py PRESETS): training clips in one look, test
-             clips in another (new shapes, textures, backgrounds), and both again as single frames held still;
-             sharded once per label fraction (the first fraction x N clips of each class as `train`, all test
-             clips as `test`): DIR/shards/fraction-<pct>/, and DIR/shards/still/
-    cells    pre-training (configs/study-pretrain.yaml) on every training clip without labels, then fine-tuning
-             (configs/study-finetune.yaml); against the same fine-tuning from scratch, with the same steps; at each
-             label fraction, and there too the control for the initialisation: fine-tuning from the pre-training
-             model as it was before its first step (`untrained`); the ablations (tube / random / frame masking,
-             mask ratio 0.5 / 0.75 / 0.9) at the smallest fraction; the single-frame baseline (from scratch on the
-             still clips) at fraction 1; every cell with each seed. One run at a time, in this process
-             (`train.train`); DIR/runs/<cell>-s<seed>/
-    results  DIR/results.md and results.json (one row per cell: mean, spread, per-seed test top-1), plots in
-             DIR/*.png, a reconstruction of test clips by the first tube-0.9 pre-trained model, and how its loss
-             on training and on test clips splits between moving, flat and still cubes (results.json `target`)
+    data     moving handwritten digits (shard_tools/digits.py: scikit-learn's 1,797 digit images, split by image into
+             train, val and test), labelled by digit and, for the motion-only task, by direction; every clip sharded
+             for pre-training, and per seed and label fraction the chosen training digits with every val and test
+             clip (train/study/data.py)
+    cells    pre-training (configs/study-digits-pretrain.yaml) on every training clip without labels, then
+             fine-tuning (configs/study-digits-finetune.yaml) on 1, 5 and 10% of the labelled digits; against the
+             same fine-tuning from the pre-training model's own initial weights (the untrained control) and from
+             the classifier's initialisation (scratch); at 5%: pre-training masks tube 0.75 and random 0.9, and the
+             motion-only task (label = direction); every cell with each seed, two runs at a time; DIR/runs/<run>/
+    results  DIR/results.md and results.json: one row per cell (mean, spread, per-seed test top-1), the gains
+             paired by seed, the validation curves of the fine-tunings; plots DIR/*.png; the first tube 0.9 model's
+             loss on stroke cubes against the mean-prediction floor, and its reconstruction of test digits
 
 A killed study resumes: runs with a summary.json are skipped, an unfinished one continues (--resume auto).
 
 The study is built on the trainer and imports only what `train` exports; nothing in the trainer imports it.
     cells.py   the sizes, the starts, the masks, the cells
-    data.py    the collection and its shard folders
+    data.py    the collections and their shard folders
     runner.py  every run
-    target.py  where the pre-trained model's loss comes from
-    report.py  the table and the plots
+    target.py  what the pre-trained model predicts
+    report.py  the tables and the plots
     cli.py     the command
 """
 
 from train.study.cells import SIZES, study_cells
-from train.study.target import CUBE_KINDS, target_report
+from train.study.target import target_report
 
-__all__ = ["CUBE_KINDS", "SIZES", "study_cells", "target_report"]
+__all__ = ["SIZES", "study_cells", "target_report"]

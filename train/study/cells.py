@@ -3,36 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-# the two sizes: `default` is the study the README shows (about 70 minutes on a 2-core CPU), `quick` checks the
-# plumbing in under a minute (its figures mean nothing)
+# `default` is the study the README shows (about 90 minutes on a 2-core CPU, two runs at a time); `quick` checks the
+# plumbing in a few minutes (its figures mean nothing). Fine-tuning steps per label fraction: the same for every
+# start, enough that fine-tuning from scratch has stopped rising on the validation clips (results.json `curves`).
 SIZES = {
-    "default": dict(train_per_class=200, test_per_class=50, frames=32, fractions=(0.1, 1.0), seeds=3,
-                    pretrain_steps=2000, finetune_steps=1000),
-    "quick": dict(train_per_class=4, test_per_class=2, frames=20, fractions=(0.5, 1.0), seeds=3,
-                  pretrain_steps=2, finetune_steps=2),
+    "default": dict(digits=None, clips_per_digit=2, fractions=(0.01, 0.05, 0.1), seeds=(0, 1, 2),
+                    pretrain_steps=2000, finetune_steps={0.01: 1000, 0.05: 2000, 0.1: 2000}, motion_steps=1000,
+                    evaluations=10),
+    "quick": dict(digits=120, clips_per_digit=2, fractions=(0.05, 0.1), seeds=(0, 1),
+                  pretrain_steps=2, finetune_steps={0.05: 2, 0.1: 2}, motion_steps=2, evaluations=1),
 }
-DEFAULT_THREADS = 2
+ABLATION_FRACTION = 0.05  # the masking ablations and the motion-only row use this label fraction
+DEFAULT_JOBS = 2  # runs at a time
+DEFAULT_THREADS = 1  # torch threads per run
+MAIN_MASK = ("tube", 0.9)
+ABLATION_MASKS = (("tube", 0.75), ("random", 0.9))
 # how each way to start the fine-tuning is drawn in the plots: colour and label
-STARTS = {"pretrained": ("tab:blue", "pretrained"), "untrained": ("tab:purple", "untrained pre-training model"),
-          "scratch": ("tab:orange", "from scratch")}
-MASKS = (("tube", 0.9), ("random", 0.9), ("frame", 0.9), ("tube", 0.5), ("tube", 0.75))  # first: the main cells
+STARTS = {"pretrained": ("tab:blue", "pre-trained, then fine-tuned"),
+          "untrained": ("tab:purple", "untrained control (same starting weights)"),
+          "scratch": ("tab:orange", "from scratch (the classifier's own initialisation)")}
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One table row: a way to start the fine-tuning (or the single-frame baseline) at one label fraction."""
-    start: str  # "pretrained", "untrained" (the pre-training model's initial weights), "scratch" or "single-frame"
+    """One table row: a way to start the fine-tuning, at one label fraction, for one labelling of the clips."""
+    start: str  # "pretrained", "untrained" (the pre-training model's initial weights) or "scratch"
     fraction: float
-    mask_type: str | None = None  # pre-training mask, for start == "pretrained"
-    mask_ratio: float | None = None
+    mask: tuple[str, float] | None = None  # the pre-training mask (type, ratio), for start == "pretrained"
+    label: str = "digit"  # what the classifier tells: the digit, or the direction of the motion
 
     @property
     def name(self) -> str:
-        pct = f"fraction-{fraction_name(self.fraction)}"
-        return f"{self.start}-{self.mask_type}-{self.mask_ratio}-{pct}" if self.start == "pretrained" else \
-            f"{self.start}-{pct}"
+        mask = f"-{self.mask[0]}-{self.mask[1]}" if self.mask else ""
+        return f"{self.label}-{fraction_name(self.fraction)}-{self.start}{mask}"
 
 
 def fraction_name(fraction: float) -> str:
@@ -41,19 +45,18 @@ def fraction_name(fraction: float) -> str:
 
 
 def study_cells(fractions: tuple[float, ...]) -> list[Cell]:
-    """Pre-trained (tube 0.9), the untrained control and scratch at every fraction, the other masks at the
-    smallest, the single-frame baseline at fraction 1."""
-    tube, ratio = MASKS[0]
-    cells = [c for f in fractions for c in (Cell("pretrained", f, tube, ratio), Cell("untrained", f),
-                                            Cell("scratch", f))]
-    cells += [Cell("pretrained", min(fractions), kind, r) for kind, r in MASKS[1:]]
-    return cells + [Cell("single-frame", 1.0)]
+    """Pre-trained (tube 0.9), the untrained control and scratch at every fraction; the other masks, and the
+    motion-only task, at ABLATION_FRACTION."""
+    cells = [Cell(start, f, MAIN_MASK if start == "pretrained" else None)
+             for f in fractions for start in STARTS]
+    cells += [Cell("pretrained", ABLATION_FRACTION, mask) for mask in ABLATION_MASKS]
+    return cells + [Cell(start, ABLATION_FRACTION, MAIN_MASK if start == "pretrained" else None, "direction")
+                    for start in STARTS]
 
 
-def pretrain_name(mask_type: str, mask_ratio: float, seed: int) -> str:
-    return f"pretrain-{mask_type}-{mask_ratio}-s{seed}"
+def pretrain_masks() -> tuple[tuple[str, float], ...]:
+    return (MAIN_MASK, *ABLATION_MASKS)
 
 
-def cell_shards(out: Path, cell: Cell) -> Path:
-    name = "still" if cell.start == "single-frame" else f"fraction-{fraction_name(cell.fraction)}"
-    return out / "shards" / name
+def pretrain_name(mask: tuple[str, float], seed: int) -> str:
+    return f"pretrain-{mask[0]}-{mask[1]}-s{seed}"
