@@ -47,7 +47,7 @@ def run_study(out: Path, size_name: str, seeds: tuple[int, ...] | None, jobs: in
                "chance_top1": round(100 * chance, 1), "test_clips": found[f"{rows[0]['cell']}-s{size['seeds'][0]}"]
                ["test"]["num_videos"], "rows": rows, "gains": paired_gains(rows), "curves": fine_tuning,
                "stroke_level": STROKE_LEVEL, "target": target,
-               # runs: every run's own wall time summed (two run at a time); total: this session's wall time, which
+               # runs: every run's own wall time summed (two run at a time); total: this command's wall time, which
                # is the study's when nothing was resumed
                "seconds": {"runs": round(sum(r["wall_s"] for r in found.values()), 1),
                            "total": round(time.perf_counter() - started, 1)},

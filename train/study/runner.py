@@ -102,7 +102,7 @@ def run_all(out: Path, size: dict, jobs: int, threads: int, say) -> dict:
                 found[job.name] = future.result()
                 say(f"study: [{len(found)}/{total}] {job.name}: {found[job.name]['steps']} steps, "
                     f"{outcome(found[job.name], runs / job.name)} ({found[job.name]['wall_s']:.0f} s; "
-                    f"{(time.perf_counter() - started) / 60:.1f} min in this session)")
+                    f"{(time.perf_counter() - started) / 60:.1f} min since this command started)")
     return found
 
 
