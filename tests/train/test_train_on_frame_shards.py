@@ -4,7 +4,7 @@ memory, not contiguous) go through the engine, mixup / CutMix, validation and th
 import json
 
 from test_finetune import config_text
-from test_train import write_config
+from test_train_command import write_config
 
 from shard_tools import cli as shard_cli
 from shard_tools.synthetic import make_collection

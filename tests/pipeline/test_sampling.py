@@ -11,7 +11,7 @@ from pipeline.sampling import (FIXED_OFFSETS, SPACE_DRAWS, crop_boxes, eval_crop
                                multiscale_crop_box, random_resized_box, random_window, segment_indices,
                                space_draws, uniform_windows)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 rng = np.random.default_rng(0)
 

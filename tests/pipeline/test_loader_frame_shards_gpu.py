@@ -1,5 +1,5 @@
 """The DALI loader on JPEG-frame shards with nvJPEG ('mixed' decoding) and GPU augmentation: run where CUDA is
-present. Shards as in test_pipeline_gpu.py: built here with PyAV, or prebuilt under $TUBEMAE_TEST_SHARDS/jpeg
+present. Shards as in test_loader_video_shards_gpu.py: built here with PyAV, or prebuilt under $TUBEMAE_TEST_SHARDS/jpeg
 (`.ci/gpu-checks` builds them: `shard-videos VIDEOS OUT/jpeg --frames jpeg`)."""
 
 import dataclasses

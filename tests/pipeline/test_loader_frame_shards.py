@@ -2,7 +2,7 @@
 same frame indices, crops, flips and masks, pixels within JPEG loss; the frame step; one decode per clip for all
 its views; every random choice applied alike to all frames of a clip; exact resume; bad input named in one line.
 
-Clips as in test_pipeline.py (64x80, 40 frames; input 32, patch 8, 8 frames) so the module runs in seconds."""
+Clips as in test_loader_video_shards.py (64x80, 40 frames; input 32, patch 8, 8 frames) so the module runs in seconds."""
 
 import dataclasses
 import json
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from batches import with_a_resume
-from test_pipeline import STATIC, config, epoch_of, write_static_clip
-from test_shard_build import rewrite_first_sample
+from shard_samples import rewrite_first_sample
+from test_loader_video_shards import STATIC, config, epoch_of, write_static_clip
 
 import pipeline.loader as loader_module
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD

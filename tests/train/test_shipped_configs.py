@@ -16,7 +16,7 @@ import pytest
 from train.config import load_train_config
 from train.optim import make_schedule
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 
 # file: (size, gpus in the official launch line, per-GPU batch, mask_ratio, sampling_rate, base_lr, epochs)

@@ -18,7 +18,7 @@ import pytest
 
 from synthetic_shards import synthetic_shards
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "configs", "pipeline", "model", "train", "shard_tools")
 
 

@@ -13,7 +13,7 @@ import torch
 
 from model import ModelConfig, VideoMAEPretrain, save_checkpoint
 from pipeline.loader import DaliLoader
-from test_train import ROOT, shards, write_config  # noqa: F401 (fixture)
+from test_train_command import ROOT, shards, write_config  # noqa: F401 (fixture)
 from train.config import load_train_config
 from train.finetune import ClassifierLoss, build_classifier
 from train.loop import train_step

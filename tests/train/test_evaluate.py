@@ -19,7 +19,7 @@ from train.distributed import Env
 from train.evaluate import Predictions, evaluate, merge, metrics, predict, write_report
 from train.pictures import save_accuracy_curve, save_confusion
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ONE_PROCESS = Env(0, 1, 0, torch.device("cpu"))
 
 

@@ -6,7 +6,7 @@ and VP9 under 128x128 (pipeline/shards.py NVDEC_MIN_SIDE).
 
     .venv/bin/shard-videos synth data/gpu_videos --classes 3 --clips-per-class 4 --frames 40 --height 144 --width 176
     for c in vp9 h264 hevc; do .venv/bin/shard-videos data/gpu_videos data/gpu_shards/$c --codec $c; done
-    TUBEMAE_TEST_SHARDS=data/gpu_shards pytest -m gpu tests/test_pipeline_gpu.py
+    TUBEMAE_TEST_SHARDS=data/gpu_shards pytest -m gpu tests/pipeline/test_loader_video_shards_gpu.py
 """
 
 import dataclasses

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from fixtures_video import write_video
 from PIL import Image
-from test_shard_build import files_of, read_samples, rewrite_first_sample, shard
+from shard_samples import files_of, read_samples, rewrite_first_sample
+from test_shard_videos import shard
 
 from pipeline import frames
 

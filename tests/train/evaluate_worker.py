@@ -1,7 +1,7 @@
-"""Multi-view evaluation across two ranks, for tests/test_evaluate.py: the same videos on both ranks, their views
+"""Multi-view evaluation across two ranks, for test_evaluate.py beside it: the same videos on both ranks, their views
 split between them (rank 0 views 0 and 1, rank 1 view 2 of every video), in different numbers of batches.
 
-    torchrun --standalone --nproc-per-node 2 tests/evaluate_worker.py OUT_DIR
+    torchrun --standalone --nproc-per-node 2 tests/train/evaluate_worker.py OUT_DIR
 
 writes OUT_DIR/rank<r>.json: the Predictions of evaluate() for a plain model and for the same model under FSDP2
 (whose forward all-gathers weights, so a rank that stopped early would leave the other waiting), and the error

@@ -10,7 +10,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tarfile
 import time
 from collections import Counter
 from concurrent.futures import Future
@@ -23,6 +22,7 @@ import pytest
 from fixtures_video import (count_frames, make_hmdb51, make_kinetics, make_ssv2, make_ucf101, truncate,
                             write_audio_only, write_no_frames, write_random_bytes, write_video,
                             zero_packets)
+from shard_samples import files_of, read_samples, rewrite_first_sample
 
 from pipeline import shards as pipeline_shards
 from shard_tools import cli
@@ -30,10 +30,9 @@ from shard_tools import verify as shard_verify
 from shard_tools.build import ordered_results
 from shard_tools.encode import CODECS, COPY_MUXERS
 from shard_tools.inputs import Clip
-from shard_tools.tarshard import ShardWriter
 from shard_tools.transcode import Result, Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = {  # source -> (codec, frames): every codec and container a user's collection may hold
     "bike/b0.mp4": ("h264", 24), "bike/b1.avi": ("mpeg4", 30), "bike/b2.mkv": ("mjpeg", 20),
     "walk/w0.mp4": ("h264", 26), "walk/w1.webm": ("vp9", 24), "walk/w2.mp4": ("h264", 22),
@@ -73,24 +72,6 @@ def clean(source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "shards"
     assert shard(source, out, "--codec", "vp9", "--workers", 2, "--shard-size", "40kB") == 0
     return out
-
-
-def read_samples(out: Path) -> list[dict]:
-    """Every sample of every shard in order: shard name, key, member extensions in order, members."""
-    samples = []
-    for tar in sorted(out.glob("*.tar")):
-        with tarfile.open(tar) as archive:
-            for member in archive:
-                key, extension = member.name.split(".", 1)
-                if not samples or samples[-1]["key"] != key:
-                    samples.append({"shard": tar.name, "key": key, "order": [], "members": {}})
-                samples[-1]["order"].append(extension)
-                samples[-1]["members"][extension] = archive.extractfile(member).read()
-    return samples
-
-
-def files_of(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
 def test_every_good_clip_once_with_true_metadata(source, clean):
@@ -263,22 +244,6 @@ def test_verify_fails_on_an_unfinished_run(clean, tmp_path, capsys):
     assert shard("verify", out) != 0
     err = capsys.readouterr().err
     assert "did not finish" in err and f"{out} --resume" in err and "verified" not in err
-
-
-def rewrite_first_sample(out: Path, change) -> str:
-    """Rewrite the first shard of `out` with `change(members)` applied to its first sample, through the writer
-    shard-videos uses (tar and index), and record the new size and sha256 in manifest.json: only the checks of
-    the members themselves can tell. Returns the sample's key."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    entry = manifest["shards"][0]
-    samples = [s for s in read_samples(out) if s["shard"] == entry["name"]]
-    writer = ShardWriter(out, entry["name"].removesuffix(".tar"))
-    for i, sample in enumerate(samples):
-        members = {ext: sample["members"][ext] for ext in sample["order"]}
-        writer.add(sample["key"], list((change(members) if i == 0 else members).items()))
-    entry["bytes"], entry["sha256"] = writer.finish()
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return samples[0]["key"]
 
 
 def with_frames(members: dict, frames: int) -> dict:

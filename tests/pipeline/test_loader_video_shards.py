@@ -1,7 +1,7 @@
 """The DALI loader (and the reference loader) on real VP9 shards written by `shard-videos`.
 
 Clips are tiny (64x80, 40 frames) and batches small (input 32, patch 8, 8 frames) so the module runs in seconds
-on 2 cores. The same graph with NVDEC is tested in test_pipeline_gpu.py.
+on 2 cores. The same graph with NVDEC is tested in test_loader_video_shards_gpu.py.
 """
 
 import dataclasses
@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from batches import take
 from fixtures_video import truncate
-from test_pipeline_official import official_test_crops
+from test_official_sampling import official_test_crops
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig

@@ -23,7 +23,7 @@ from train.run_folder import RunFolder, RunLocked
 
 from synthetic_shards import synthetic_shards
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = [sys.executable, "-m", "train"]
 
 

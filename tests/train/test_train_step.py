@@ -88,7 +88,7 @@ def test_clipping_bounds_the_norm_at_the_optimizer_step_and_the_norm_before_clip
 
 @pytest.mark.parametrize("poison", [float("inf"), float("-inf"), float("nan")])
 def test_the_first_step_with_a_loss_that_is_not_finite_is_kept_until_the_log(poison):
-    """What stops the run at the next log line or checkpoint (test_train.py runs one into a NaN)."""
+    """What stops the run at the next log line or checkpoint (test_train_command.py runs one into a NaN)."""
     interval = Interval(torch.device("cpu"))
     for step, loss in enumerate([1.0, poison, 2.0, poison], start=1):
         interval.add(step, {"loss": torch.tensor(loss), "grad_norm": torch.tensor(1.0)}, clips=2, waited=0.0)
