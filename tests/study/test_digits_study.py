@@ -6,13 +6,10 @@ import csv
 import json
 import re
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from shard_tools import cli as shard_cli
-from shard_tools.synthetic import PRESETS, make_collection
 from train import cli
 from train.study import SIZES, study_cells, target_report
 from train.study.cells import ABLATION_FRACTION, MAIN_MASK, pretrain_name
@@ -123,44 +120,6 @@ def test_the_seeds_are_the_ones_asked_for(tmp_path):
                 job.overrides
     with pytest.raises(Exception, match="distinct"):
         seed_list("1,1")
-
-
-def test_the_study_collection_holds_motion_apart_from_looks(tmp_path):
-    preset = PRESETS["study"]
-    for part in ("shapes", "textures", "backgrounds"):
-        assert not set(getattr(preset.train, part)) & set(getattr(preset.test, part)), part
-    moving = make_collection(tmp_path / "a", 1, 1, 12, (32, 32), motions=preset.motions, look=preset.train)
-    still = make_collection(tmp_path / "b", 1, 1, 12, (32, 32), motions=preset.motions, look=preset.train,
-                            still=True)
-    frames = {}
-    for name, path in (("moving", moving[0]), ("still", still[0])):
-        with av.open(str(path)) as container:
-            frames[name] = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
-    assert np.abs(np.diff(frames["moving"], axis=0)).mean() > 1  # the object moves
-    assert np.abs(np.diff(frames["still"], axis=0)).mean() < 1  # one frame, repeated (up to the codec)
-
-
-def test_shard_videos_synth_writes_the_study_preset(tmp_path):
-    out = tmp_path / "synth"
-    assert shard_cli.main(["synth", str(out), "--preset", "study", "--held-out", "--still", "--clips-per-class", "1",
-                           "--frames", "4", "--height", "32", "--width", "32"]) == 0
-    assert sorted(p.parent.name for p in out.glob("*/*.webm")) == sorted(m.name for m in PRESETS["study"].motions)
-
-
-def test_the_study_backgrounds_are_smooth_so_that_a_masked_cube_can_be_guessed_from_its_neighbours():
-    from dataclasses import replace
-
-    from shard_tools.synthetic import Look, draw_background
-
-    def roughness(look):  # mean grey-level step between neighbouring pixels
-        return np.mean([np.abs(np.diff(draw_background(np.random.default_rng(i), 64, 64, look).astype(int), axis=1))
-                        .mean() for i in range(10)])
-
-    preset = PRESETS["study"]
-    for look in (preset.train, preset.test):
-        for kind in look.backgrounds:
-            assert roughness(replace(look, backgrounds=(kind,))) < 2.0, kind  # the noise alone gives about 1.1
-    assert roughness(Look(backgrounds=("rings",))) > 4.0  # the first study look's rings and noise: about 6
 
 
 def test_the_target_report_splits_masked_cubes_into_stroke_and_empty():
