@@ -45,7 +45,7 @@ def run_study(out: Path, size_name: str, seeds: int | None, threads: int, say) -
     results = {"command": " ".join(["train study", "--out", str(out), *options]),
                "size": size_name, "settings": size, "machine": trainer.machine(), "machine_text": trainer.describe(),
                "chance_top1": round(100 * chance, 1), "rows": rows, "target": target,
-               # runs: the sum of every run's own wall time, also those of an earlier, resumed session
+               # runs: the sum of every run's own wall time, also those an earlier `train study` of this folder ran
                "seconds": {"data": round(data_s, 1), "runs": round(runs_s, 1), "look": round(look_s, 1),
                            "total": round(data_s + runs_s + look_s, 1)},
                "pictures": [p.name for p in pictures]}

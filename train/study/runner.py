@@ -85,7 +85,7 @@ def run_all(out: Path, size: dict, say) -> dict:
                   f"final loss {final_loss(runs / name):.3f}")
         elapsed = time.perf_counter() - started
         say(f"study: [{number}/{len(plan)}] {name}: {result['steps']} steps, {figure} ({result['wall_s']:.0f} s; "
-            f"{elapsed / 60:.1f} min in this session)")
+            f"{elapsed / 60:.1f} min since this command started)")
     return found
 
 
