@@ -1,4 +1,4 @@
-"""Batches from a loader, for tests: plain helpers without heavy imports (the GPU tests use them too)."""
+"""Batches from a loader, for tests: plain functions without heavy imports (the GPU tests use them too)."""
 
 
 def take(loader, n: int) -> list[dict]:

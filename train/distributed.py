@@ -3,7 +3,7 @@ ranks must agree on.
 
     torchrun --nproc-per-node 8 --no-python train --config configs/X.yaml            one machine, 8 GPUs
     torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d \\
-             --rdzv-endpoint HOST:29500 --no-python train --config configs/X.yaml    several machines (README: SLURM)
+             --rdzv-endpoint HOST:29500 --no-python train --config configs/X.yaml    several machines (docs/usage.md)
 
 Each rank reads its own part of the shards (the loaders take rank and world size from torch.distributed). NCCL
 on CUDA, gloo on the CPU; a second gloo group carries the small host-side agreements (stop now? loader states, the

@@ -1,7 +1,7 @@
 """Faults on the read and write side, on real VP9 shards (8 tiny clips, one tar): a full disk while a checkpoint is
 written, a shard truncated or deleted between epochs, a clip that fails to decode under on_error: skip, a clip
 damaged in the middle, and the one rule every command follows on an expected error (pipeline/errors.py).
-README.md "When things go wrong" cites these tests."""
+docs/errors.md cites these tests."""
 
 import errno
 import json
