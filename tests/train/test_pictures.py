@@ -87,13 +87,18 @@ def test_reconstruct_uses_the_prediction(norm_target):
         assert (out[hidden] == 0).all()
 
 
-def test_save_reconstruction_of_a_forward(tmp_path):
-    cfg = tiny()
+def forward(cfg, batch: int):
+    """A seeded model's output on `clips`: (pixels, video, mask, result)."""
     torch.manual_seed(0)
     model = VideoMAEPretrain(cfg).eval()
-    pixels, video, mask = clips(cfg, batch=3, num_masked=24)
+    pixels, video, mask = clips(cfg, batch=batch, num_masked=24)
     with torch.no_grad():
-        result = model(video, mask)
+        return pixels, video, mask, model(video, mask)
+
+
+def test_save_reconstruction_of_a_forward(tmp_path):
+    cfg = tiny()
+    pixels, video, mask, result = forward(cfg, batch=3)
 
     path = save_reconstruction(tmp_path / "pictures" / "step_10.png", video, mask, result["pred"],
                                result["index"], cfg, max_clips=2, max_frames=3)
@@ -127,11 +132,7 @@ def test_save_loss_curve_without_losses_names_the_file(tmp_path, content):
 
 def test_small_frames_are_drawn_enlarged_pixel_for_pixel(tmp_path):
     cfg = tiny()
-    torch.manual_seed(0)
-    model = VideoMAEPretrain(cfg).eval()
-    _, video, mask = clips(cfg, batch=1, num_masked=24)
-    with torch.no_grad():
-        result = model(video, mask)
+    _, video, mask, result = forward(cfg, batch=1)
     args = (video, mask, result["pred"], result["index"], cfg)
     plain = np.array(Image.open(save_reconstruction(tmp_path / "plain.png", *args, max_frames=2)))
     scale = enlargement(32)
