@@ -11,7 +11,6 @@ alone, loop, ...) and the median ratio is reported.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from train.bench.model import bench_model
 from train.distributed import resolve_device
 from train.task import make_loader
 from train.config import TrainConfig
+from train.run_folder import read_metrics
 
 
 class MemoryLoader:
@@ -44,7 +44,7 @@ def loop_round(cfg: TrainConfig, loader: MemoryLoader, steps: int, warmup: int) 
 
     with tempfile.TemporaryDirectory() as out:
         assert train(dataclasses.replace(cfg, run=run), out, live=False, loader=loader) == 0
-        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(Path(out) / "metrics.jsonl")
     timed = [r for r in records if r["step"] > warmup]
     seconds = sum(r["step_s"] * run.log_every for r in timed)
     return sum(r["clips_per_s"] * r["step_s"] * run.log_every for r in timed) / seconds
