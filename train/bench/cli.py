@@ -29,6 +29,31 @@ ALIASES = {"size": "model.size", "batch_size": "data.batch_size", "loader": "run
 MODES = ["pretrain", "finetune", "eval"]
 
 
+def add_command(commands, name: str, help: str, shards: bool = False, model: bool = False
+                ) -> argparse.ArgumentParser:
+    """A subcommand with the options every bench command shares."""
+    p = commands.add_parser(name, help=help, description=help)
+    if shards:
+        p.add_argument("shards", help="a folder written by shard-videos (data.shards)")
+    p.add_argument("--record", nargs="?", const=str(records.DEFAULT), metavar="FILE",
+                   help=f"append the figures, with date, machine, commit and command, to FILE as JSON lines "
+                        f"(default {records.DEFAULT.relative_to(records.PROJECT_ROOT)})")
+    p.add_argument("--config", help="a YAML config as `train` takes (default: TrainConfig's defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config key, e.g. --set data.mask_ratio=0.75 (repeatable)")
+    p.add_argument("--batch-size", metavar="N", help="--set data.batch_size=N")
+    if model:
+        p.add_argument("--size", metavar="NAME", help="--set model.size=NAME")
+        p.add_argument("--compile", action="store_true", help="--set run.compile=true")
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
+    return p
+
+
+def counts(p: argparse.ArgumentParser, name: str, default: int, help: str) -> None:
+    p.add_argument(f"--{name}", type=int, default=default, help=f"{help} (default {default})")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="bench", description=COMMANDS.split("\n")[0],
                                    epilog=COMMANDS.split("\n", 1)[1] + "\n" + __doc__,
@@ -36,25 +61,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     def add(name: str, help: str, shards: bool = False, model: bool = False) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=help, description=help)
-        if shards:
-            p.add_argument("shards", help="a folder written by shard-videos (data.shards)")
-        p.add_argument("--record", nargs="?", const=str(records.DEFAULT), metavar="FILE",
-                       help=f"append the figures, with date, machine, commit and command, to FILE as JSON lines "
-                            f"(default {records.DEFAULT.relative_to(records.PROJECT_ROOT)})")
-        p.add_argument("--config", help="a YAML config as `train` takes (default: TrainConfig's defaults)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="a config key, e.g. --set data.mask_ratio=0.75 (repeatable)")
-        p.add_argument("--batch-size", metavar="N", help="--set data.batch_size=N")
-        if model:
-            p.add_argument("--size", metavar="NAME", help="--set model.size=NAME")
-            p.add_argument("--compile", action="store_true", help="--set run.compile=true")
-        p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
-        p.add_argument("--debug", action="store_true", help="show tracebacks of expected errors")
-        return p
-
-    def counts(p: argparse.ArgumentParser, name: str, default: int, help: str) -> None:
-        p.add_argument(f"--{name}", type=int, default=default, help=f"{help} (default {default})")
+        return add_command(commands, name, help, shards, model)
 
     model = add("model", "training steps of VideoMAE pre-training on synthetic tensors: the ceiling", model=True)
     model.add_argument("--optimizer", action="store_true", help="include the AdamW update (default: skipped)")
