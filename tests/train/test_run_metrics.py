@@ -12,7 +12,7 @@ from PIL import Image
 
 import train.run
 from train.cli import main as train_main
-from train.pictures import CLIP_GAP
+from train.pictures import CLIP_GAP, enlargement
 
 from synthetic_shards import synthetic_shards
 
@@ -74,7 +74,8 @@ def test_the_lr_counts_accumulation_steps(accumulated):
 def test_the_reconstruction_picture_holds_the_clips_asked_for(accumulated):
     _, run, _ = accumulated
     with Image.open(run / "pictures" / "reconstruction-00000004.png") as picture:
-        assert picture.height == 5 * 3 * 32 + 4 * CLIP_GAP  # 5 clips of 3 rows, gaps between them
+        # 5 clips of 3 rows of 32-pixel frames, gaps between them, drawn enlarged 3 times
+        assert picture.height == enlargement(32) * (5 * 3 * 32 + 4 * CLIP_GAP) and enlargement(32) == 3
 
 
 def test_a_resumed_run_shows_its_progress_from_the_step_it_resumed_at(accumulated, tmp_path, monkeypatch):
