@@ -15,7 +15,8 @@ EXPORTS = {
     "resolve_device": "train.distributed", "resolve_precision": "train.distributed",
     "CheckpointError": "train.checkpointer", "weights_of": "train.checkpointer",
     "read_metrics": "train.run_folder",
-    "save_reconstruction": "train.pictures", "figure": "train.pictures", "save_figure": "train.pictures",
+    "save_reconstruction": "train.pictures", "enlargement": "train.pictures", "figure": "train.pictures",
+    "save_figure": "train.pictures",
     "expected_errors": "train.cli",
     "machine": "train.bench.machine", "describe": "train.bench.machine",
 }

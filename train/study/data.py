@@ -39,7 +39,8 @@ def make_data(out: Path, size: dict, say) -> None:
     for seed in size["seeds"]:
         for label, fractions in (("digit", size["fractions"]), ("direction", (ABLATION_FRACTION,))):
             for fraction in fractions:
-                listing = out / "videos" / label / f"chosen-{fraction_name(fraction)}-s{seed}.csv"  # paths as in clips.csv
+                # beside clips.csv, so that its relative paths hold
+                listing = out / "videos" / label / f"chosen-{fraction_name(fraction)}-s{seed}.csv"
                 chosen = choose_labelled(out / "videos" / label / "clips.csv", fraction, seed)
                 write_listing(listing, chosen)
                 shard(listing, finetune_shards(out, label, fraction, seed), say)

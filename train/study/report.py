@@ -83,9 +83,10 @@ def markdown_gains(gains: list[dict]) -> str:
     names = {"pretraining": "pre-training (pre-trained - untrained control)",
              "starting_weights": "starting weights (untrained control - scratch)",
              "total": "total (pre-trained - scratch)"}
-    lines = ["| task | labels | gain | mean | std | min - max | per seed |", "| --- | --- | --- | ---: | ---: | --- | --- |"]
+    lines = ["| task | labels | gain | mean | std | min - max | per seed |",
+             "| --- | --- | --- | ---: | ---: | --- | --- |"]
     for g in gains:
-        std = "-" if g["std"] is None else f"{g['std']:+.1f}".lstrip("+")
+        std = "-" if g["std"] is None else f"{g['std']:.1f}"
         lines.append(f"| {g['label']} | {100 * g['fraction']:g}% | {names[g['gain']]} | {g['mean']:+.1f} | {std} | "
                      f"{g['min']:+.1f} - {g['max']:+.1f} | {', '.join(f'{v:+.1f}' for v in g['per_seed'])} |")
     return "\n".join(lines)

@@ -21,7 +21,6 @@ def look_at_clips(shards: Path, folder: Path, split: str, picture: Path | None =
 
     from model import VideoMAEPretrain, load_weights
     from model.layers import IMAGENET_MEAN, IMAGENET_STD, patchify
-    from train.pictures import enlargement
 
     cfg = trainer.load_train_config(folder / "config.yaml", [f"data.shards={shards}"])
     loader, _ = trainer.make_loader(replace(cfg.data, split=split, drop_last=False), "dali", "cpu")
@@ -38,7 +37,7 @@ def look_at_clips(shards: Path, folder: Path, split: str, picture: Path | None =
             result = model(batch["video"], batch["mask"], num_masked=num_masked, num_decoded=num_decoded)
             if seen == 0 and picture is not None:
                 trainer.save_reconstruction(picture, batch["video"], batch["mask"], result["pred"], result["index"],
-                                            cfg.model, max_clips=8, scale=enlargement(cfg.data.input_size))
+                                            cfg.model, max_clips=8, scale=trainer.enlargement(cfg.data.input_size))
             cubes = patchify(batch["video"] * std + mean, cfg.model.patch_size, cfg.model.tubelet_size)  # B x N x C x P
             masked = cubes[torch.arange(len(cubes))[:, None], result["index"]]  # B x M x C x P, in [0, 1]
             brightest.append(255 * masked.amax(dim=(-2, -1)).flatten())
